@@ -1,0 +1,134 @@
+"""Source spans and compiler diagnostics.
+
+Every AST node and every diagnostic carries a :class:`Span`.  Diagnostics are
+collected (never raised one at a time from deep inside a pass) and rendered in
+one place, the way modern compilers print them::
+
+    lenet.conv:6:46: error: conv2 produces [N, 16, 10, 10], but the line declares [N, 16, 12, 12]
+        conv2: conv(16, kernel=5)             -> [N, 16, 12, 12]
+                                                 ^^^^^^^^^^^^^^^
+      note: height: (14 + 0 + 0 - 5) // 1 + 1 = 10
+
+Lines and columns are 1-based; ``end_column`` is exclusive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of one source file. ``end_column`` is one past the last character."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def to(self, other: "Span") -> "Span":
+        """The span from the start of ``self`` to the end of ``other``."""
+        return Span(self.file, self.line, self.column, other.end_line, other.end_column)
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    message: str
+    span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    severity: Severity
+    code: str
+    message: str
+    span: Span
+    notes: tuple[Note, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.span.file,
+            "line": self.span.line,
+            "column": self.span.column,
+            "code": self.code,
+            "message": self.message,
+            "notes": [
+                {
+                    "file": n.span.file if n.span else self.span.file,
+                    "line": (n.span or self.span).line,
+                    "column": (n.span or self.span).column,
+                    "message": n.message,
+                }
+                for n in self.notes
+            ],
+        }
+
+
+def error(code: str, message: str, span: Span, *notes: Note) -> Diagnostic:
+    return Diagnostic("error", code, message, span, tuple(notes))
+
+
+def warning(code: str, message: str, span: Span, *notes: Note) -> Diagnostic:
+    return Diagnostic("warning", code, message, span, tuple(notes))
+
+
+class CompileError(Exception):
+    """Raised by the public API when a program has errors; holds every diagnostic."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None):
+        self.diagnostics = tuple(diagnostics)
+        self.sources = dict(sources or {})
+        super().__init__(render_all(self.diagnostics, self.sources))
+
+
+@dataclass
+class SourceMap:
+    """File name -> text, so the renderer can quote lines."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def line(self, file: str, line: int) -> str | None:
+        text = self.texts.get(file)
+        if text is None:
+            return None
+        lines = text.splitlines()
+        if 1 <= line <= len(lines):
+            return lines[line - 1].expandtabs(1)
+        return None
+
+
+def _caret_block(src: SourceMap, span: Span) -> list[str]:
+    text = src.line(span.file, span.line)
+    if text is None:
+        return []
+    start = max(span.column, 1)
+    if span.end_line == span.line:
+        end = max(span.end_column, start + 1)
+    else:  # multi-line span: underline to the end of the first line
+        end = max(len(text) + 1, start + 1)
+    width = min(end, len(text) + 2) - start
+    return ["    " + text, "    " + " " * (start - 1) + "^" * max(width, 1)]
+
+
+def render(diag: Diagnostic, sources: Mapping[str, str] | SourceMap) -> str:
+    src = sources if isinstance(sources, SourceMap) else SourceMap(dict(sources))
+    s = diag.span
+    out = [f"{s.file}:{s.line}:{s.column}: {diag.severity}: {diag.message}"]
+    out += _caret_block(src, s)
+    for note in diag.notes:
+        if note.span is not None and note.span != s:
+            n = note.span
+            out.append(f"  {n.file}:{n.line}:{n.column}: note: {note.message}")
+            out += ["  " + line for line in _caret_block(src, n)]
+        else:
+            out.append(f"  note: {note.message}")
+    return "\n".join(out)
+
+
+def render_all(diags: Iterable[Diagnostic], sources: Mapping[str, str] | SourceMap) -> str:
+    return "\n".join(render(d, sources) for d in diags)

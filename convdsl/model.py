@@ -1,0 +1,189 @@
+"""The checked model: what the checker produces and the back end consumes.
+
+A :class:`CheckedModel` is a flat pipeline of :class:`Layer` objects in
+execution order (block instances already expanded, layer names dotted), each
+with its operation's arguments fully resolved to integers and its input and
+output shapes as :data:`~convdsl.symbolic.Dim` values: plain ``int`` where the
+size is known, a canonical :class:`~convdsl.symbolic.Expr` where it depends on
+symbols such as ``N``, ``H`` or ``W``.
+
+Precondition for the back end: the model came out of :func:`convdsl.check.check`
+without errors.  Nothing past this point reports user errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Union
+
+from .diagnostics import Span
+from .symbolic import Dim, evaluate
+
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Conv:
+    c_in: Dim
+    c_out: int
+    kernel: Pair  # (kh, kw)
+    stride: Pair  # (sh, sw)
+    padding: tuple[int, int, int, int]  # (top, bottom, left, right)
+    dilation: Pair  # (dh, dw)
+    groups: int
+    bias: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    kind: Literal["max", "avg"]
+    kernel: Pair
+    stride: Pair
+    padding: Pair  # (ph, pw), on both sides
+    ceil: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalAvgPool:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Dense:
+    in_features: Dim
+    out_features: int
+    bias: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    kind: Literal["relu", "sigmoid", "tanh"]
+
+
+@dataclass(frozen=True, slots=True)
+class Softmax:
+    """Softmax over axis 1 (channels of a 4-D tensor, features of a 2-D one)."""
+
+
+Op = Union[Conv, Pool, GlobalAvgPool, Flatten, Dense, Activation, Softmax]
+
+
+def weight_shapes(op: Op) -> dict[str, tuple[Dim, ...]]:
+    """PyTorch layouts of the op's parameters, keyed ``weight`` / ``bias``."""
+    match op:
+        case Conv(c_in=c_in, c_out=c_out, kernel=(kh, kw), groups=g, bias=b):
+            shapes: dict[str, tuple[Dim, ...]] = {"weight": (c_out, c_in // g, kh, kw)}
+            if b:
+                shapes["bias"] = (c_out,)
+            return shapes
+        case Dense(in_features=fi, out_features=fo, bias=b):
+            shapes = {"weight": (fo, fi)}
+            if b:
+                shapes["bias"] = (fo,)
+            return shapes
+        case _:
+            return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    name: str  # unique in the model; dotted inside block instances (``stage1.conv2``)
+    op: Op
+    in_shape: tuple[Dim, ...]
+    out_shape: tuple[Dim, ...]
+    params: Dim  # number of learned parameters
+    macs: Dim  # multiply-accumulates per image
+    text: str  # the op as written, normalised: ``conv(6, kernel=5, padding=2)``
+    span: Span  # the layer's line (inside the block, for block instances)
+    use_spans: tuple[Span, ...] = ()  # the block uses that led here, outermost first
+
+    @property
+    def kind(self) -> str:
+        """The op's name as the language spells it (``conv``, ``maxpool``, ...)."""
+        match self.op:
+            case Conv():
+                return "conv"
+            case Pool(kind=k):
+                return f"{k}pool"
+            case GlobalAvgPool():
+                return "global_avgpool"
+            case Flatten():
+                return "flatten"
+            case Dense():
+                return "dense"
+            case Activation(kind=k):
+                return k
+            case Softmax():
+                return "softmax"
+        raise AssertionError(self.op)
+
+    def weight_shapes(self) -> dict[str, tuple[Dim, ...]]:
+        return {f"{self.name}.{k}": v for k, v in weight_shapes(self.op).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedModel:
+    name: str
+    input_name: str
+    input_shape: tuple[Dim, ...]  # [N, C, H, W]
+    output_shape: tuple[Dim, ...]
+    layers: tuple[Layer, ...]
+    valid_for: Mapping[str, int]  # smallest allowed value of every symbol
+    multiple_of: Mapping[str, int] = field(default_factory=dict)  # from ``where H % k == 0``
+    fixed: Mapping[str, int] = field(default_factory=dict)  # from ``where H == 32``
+    params: Dim = 0
+    macs: Dim = 0
+    span: Span | None = None
+
+    def weight_shapes(self) -> dict[str, tuple[Dim, ...]]:
+        shapes: dict[str, tuple[Dim, ...]] = {}
+        for layer in self.layers:
+            shapes.update(layer.weight_shapes())
+        return shapes
+
+    def bind(self, env: Mapping[str, int]) -> "ConcreteModel":
+        """Every shape evaluated for concrete symbol values (``N`` excluded is fine)."""
+        full = dict(env)
+        full.setdefault("N", 1)
+
+        def ev(shape: tuple[Dim, ...]) -> tuple[int, ...]:
+            return tuple(evaluate(d, full) for d in shape)
+
+        return ConcreteModel(
+            self,
+            ev(self.input_shape)[1:],
+            tuple((ly, ev(ly.in_shape)[1:], ev(ly.out_shape)[1:], _bind_op(ly.op, full)) for ly in self.layers),
+        )
+
+
+def _bind_op(op: Op, env: Mapping[str, int]) -> Op:
+    match op:
+        case Conv(c_in=c):
+            return Conv(evaluate(c, env), op.c_out, op.kernel, op.stride, op.padding, op.dilation, op.groups, op.bias)
+        case Dense(in_features=f):
+            return Dense(evaluate(f, env), op.out_features, op.bias)
+        case _:
+            return op
+
+
+@dataclass(frozen=True, slots=True)
+class ConcreteModel:
+    """A checked model with every size but the batch known: what ``lower`` takes.
+
+    ``layers`` holds ``(layer, in_shape, out_shape, op)`` with shapes per image
+    (the batch axis dropped) and the op's symbolic fields evaluated.
+    """
+
+    model: CheckedModel
+    input_shape: tuple[int, ...]
+    layers: tuple[tuple[Layer, tuple[int, ...], tuple[int, ...], Op], ...]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.layers[-1][2] if self.layers else self.input_shape
