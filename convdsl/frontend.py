@@ -1,0 +1,54 @@
+"""The front half of the pipeline: source text -> parse -> check.
+
+``check_source`` and ``check_file`` never raise for a bad program: every
+problem is a diagnostic in the returned :class:`~convdsl.check.CheckResult`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .check import CheckResult, check
+from .diagnostics import Diagnostic, Span, error, render_all
+from .parse import parse
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A checked source file: the result plus the text, for rendering diagnostics."""
+
+    file: str
+    text: str
+    result: CheckResult
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+    def render(self, diagnostics: tuple[Diagnostic, ...] | None = None) -> str:
+        diags = self.result.diagnostics if diagnostics is None else diagnostics
+        return render_all(diags, {self.file: self.text})
+
+
+def check_source(text: str, file: str = "<input>") -> Checked:
+    program, diags = parse(text, file)
+    if program is None:
+        if not diags:  # the parser promises a diagnostic; keep the promise here too
+            diags = [error("syntax", "the file could not be parsed", Span(file, 1, 1, 1, 2))]
+        return Checked(file, text, CheckResult((), tuple(diags)))
+    result = check(program)
+    if diags:
+        result = CheckResult(result.models, tuple(diags) + result.diagnostics)
+    return Checked(file, text, result)
+
+
+def read_source(path: str | os.PathLike) -> str:
+    """Read a .conv file; undecodable bytes become U+FFFD so the parser can point at them."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data.decode("utf-8", errors="replace")
+
+
+def check_file(path: str | os.PathLike) -> Checked:
+    return check_source(read_source(path), str(path))

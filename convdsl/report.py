@@ -1,0 +1,133 @@
+"""Presentation of check results: the per-layer summary table and the JSON form.
+
+Both are pure functions of a :class:`~convdsl.check.CheckResult`; the CLI only
+prints what they return.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from . import symbolic as sy
+from .check import CheckResult
+from .model import CheckedModel, Conv, Layer
+from .symbolic import Dim
+
+
+def _num(d: Dim) -> str:
+    return f"{d:,}" if isinstance(d, int) else sy.to_str(d)
+
+
+def _factor(d: Dim) -> str:
+    s = sy.to_str(d)
+    return s if isinstance(d, int) or s.isidentifier() else f"({s})"
+
+
+def macs_terms(layer: Layer) -> tuple[int, list[str]]:
+    """A layer's MACs as a constant plus symbolic products, kept factored.
+
+    The canonical form expands ``c * (H // 4 - 2) * (W // 4 - 2)`` into four
+    terms; the product of the output sizes is what a reader expects to see.
+    """
+    if isinstance(layer.macs, int):
+        return layer.macs, []
+    if isinstance(layer.op, Conv) and isinstance(layer.macs, sy.Expr):
+        coef: Dim = layer.op.c_out * (layer.op.c_in // layer.op.groups) * layer.op.kernel[0] * layer.op.kernel[1]
+        factors = [coef, layer.out_shape[2], layer.out_shape[3]]
+        const = 1
+        syms = []
+        for f in factors:
+            if isinstance(f, int):
+                const *= f
+            else:
+                syms.append(_factor(f))
+        return 0, [" * ".join(([str(const)] if const != 1 else []) + syms)]
+    return 0, [sy.to_str(layer.macs)]
+
+
+def macs_text(layers: Iterable[Layer]) -> str | int:
+    """Total MACs: an int, or a readable sum of factored terms."""
+    const, terms = 0, []
+    for ly in layers:
+        c, t = macs_terms(ly)
+        const += c
+        terms += t
+    if not terms:
+        return const
+    return " + ".join(terms + ([str(const)] if const else []))
+
+
+def _shape(shape: Iterable[Dim]) -> str:
+    return "[" + ", ".join(sy.to_str(d) for d in shape) + "]"
+
+
+def _macs(v: int | str) -> str:
+    return f"{v:,}" if isinstance(v, int) else v
+
+
+def valid_for_text(m: CheckedModel) -> str:
+    parts = []
+    for s, v in m.valid_for.items():
+        if s in m.fixed:
+            parts.append(f"{s} == {m.fixed[s]}")
+            continue
+        text = f"{s} >= {v}"
+        k = m.multiple_of.get(s, 1)
+        if k > 1:
+            text += f" (a multiple of {k})"
+        parts.append(text)
+    return "valid for " + ", ".join(parts) if parts else "valid for every input (all sizes fixed)"
+
+
+def summary_table(m: CheckedModel) -> str:
+    """A torchinfo-like table: name, op, output shape, params, MACs per image."""
+    head = ("layer", "op", "output shape", "params", "MACs/image")
+    rows = [(ly.name, ly.text, _shape(ly.out_shape), _num(ly.params), _macs(macs_text([ly]))) for ly in m.layers]
+    total = ("total", "", _shape(m.output_shape), _num(m.params), _macs(macs_text(m.layers)))
+    widths = [max(len(r[i]) for r in [head, *rows, total]) for i in range(5)]
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(
+            r[i].rjust(widths[i]) if i >= 3 else r[i].ljust(widths[i]) for i in range(5)
+        ).rstrip()
+
+    rule = "-" * len(line(tuple(" " * w for w in widths)).ljust(sum(widths) + 8))
+    sig = f"model {m.name}({m.input_name}: {_shape(m.input_shape)}) -> {_shape(m.output_shape)}"
+    out = [sig, rule, line(head), rule, *(line(r) for r in rows), rule, line(total), rule, valid_for_text(m)]
+    return "\n".join(out)
+
+
+def text_report(result: CheckResult) -> str:
+    return "\n\n".join(summary_table(m) for m in result.models)
+
+
+def json_report(result: CheckResult) -> dict:
+    return {
+        "ok": result.ok,
+        "models": [model_json(m) for m in result.models],
+        "warnings": [d.to_json() for d in result.warnings],
+        "errors": [d.to_json() for d in result.errors],
+    }
+
+
+def model_json(m: CheckedModel) -> dict:
+    return {
+        "name": m.name,
+        "input": [sy.to_json(d) for d in m.input_shape],
+        "output": [sy.to_json(d) for d in m.output_shape],
+        "valid_for": dict(m.valid_for),
+        "params": sy.to_json(m.params),
+        "macs": macs_text(m.layers),
+        "layers": [
+            {
+                "name": ly.name,
+                "op": ly.kind,
+                "text": ly.text,
+                "line": ly.span.line,
+                "shape": [sy.to_json(d) for d in ly.out_shape],
+                "params": sy.to_json(ly.params),
+                "macs": macs_text([ly]),
+            }
+            for ly in m.layers
+        ],
+    }

@@ -1,0 +1,196 @@
+"""The checker and `convdsl check`: golden outputs, one test per error kind, exit codes."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, ROOT
+from convdsl.cli import main
+from convdsl.frontend import check_source
+
+GOLDEN = Path(__file__).parent / "golden"
+MODELS = sorted(p.name for p in EXAMPLES.glob("*.conv"))
+ERRORS = sorted(p.name for p in (EXAMPLES / "errors").glob("*.conv"))
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _compare_golden(name, text, update):
+    path = GOLDEN / name
+    if update or not path.exists():
+        path.write_text(text)
+    assert text == path.read_text(), f"output differs from {path} (rerun with --update-golden to accept)"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_examples_golden_text(name, capsys, update_golden, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_cli(capsys, "check", f"examples/{name}")
+    assert code == 0, err
+    _compare_golden(name.replace(".conv", ".txt"), out + err, update_golden)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_examples_golden_json(name, capsys, update_golden, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_cli(capsys, "check", "--json", f"examples/{name}")
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert data["ok"] is True and data["errors"] == []
+    _compare_golden(name.replace(".conv", ".json"), out, update_golden)
+
+
+@pytest.mark.parametrize("name", ERRORS)
+def test_error_examples_golden(name, capsys, update_golden, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_cli(capsys, "check", f"examples/errors/{name}")
+    assert "Traceback" not in err
+    _compare_golden("errors_" + name.replace(".conv", ".txt"), f"exit {code}\n" + out + err, update_golden)
+
+
+def test_lenet_json_matches_cli_contract(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = run_cli(capsys, "check", "--json", "examples/lenet.conv")
+    data = json.loads(out)
+    (m,) = data["models"]
+    assert (m["name"], m["input"], m["output"]) == ("LeNet", ["N", 1, 28, 28], ["N", 10])
+    assert m["valid_for"] == {"N": 1}
+    assert (m["params"], m["macs"]) == (61706, 416520)
+    first = m["layers"][:2]
+    assert {k: first[0][k] for k in ("name", "op", "shape", "params", "macs")} == \
+        {"name": "conv1", "op": "conv", "shape": ["N", 6, 28, 28], "params": 156, "macs": 117600}
+    assert {k: first[1][k] for k in ("name", "op", "shape", "params", "macs")} == \
+        {"name": "sigmoid1", "op": "sigmoid", "shape": ["N", 6, 28, 28], "params": 0, "macs": 0}
+    assert [ly["name"] for ly in m["layers"]] == [
+        "conv1", "sigmoid1", "pool1", "conv2", "sigmoid2", "pool2", "flatten1",
+        "dense1", "sigmoid3", "dense2", "sigmoid4", "dense3"]
+
+
+# One row per kind of mistake: file, line, column, severity, a fragment of the message.
+ERROR_CASES = [
+    ("shape_mismatch.conv", 6, 46, "conv2 produces [N, 16, 10, 10], but the line declares [N, 16, 12, 12]"),
+    ("missing_flatten.conv", 5, 5, "dense needs a 2-D input"),
+    ("unknown_op.conv", 3, 5, "unknown op 'conv2d'"),
+    ("unknown_argument.conv", 3, 13, "conv has no argument 'kernal'"),
+    ("missing_argument.conv", 3, 9, "conv needs the argument 'kernel'"),
+    ("negative_padding.conv", 3, 31, "padding cannot be negative"),
+    ("empty_output.conv", 5, 5, "conv2 has an empty output"),
+    ("same_stride.conv", 3, 41, "padding=same needs stride 1"),
+    ("groups.conv", 3, 30, "groups=4 must divide the number of input channels (6)"),
+    ("pool_padding.conv", 3, 24, "pool padding 2 is more than half the kernel"),
+    ("duplicate_name.conv", 4, 5, "the name 'conv1' is used twice"),
+    ("output_mismatch.conv", 2, 33, "model 'Net' produces [N, 12], but its signature declares [N, 10]"),
+    ("symbolic_mismatch.conv", 3, 40, "conv1 produces [N, 8, (H + 1) // 2 - 1, (W + 1) // 2 - 1]"),
+    ("where_violation.conv", 5, 5, "conv2's height H // 4 - 3 is -1 for H = 8, which the where clause allows"),
+    ("block_error.conv", 6, 5, "dense needs a 2-D input"),
+    ("block_signature.conv", 2, 40, "block 'down' produces"),
+    ("recursive_block.conv", 4, 5, "block 'tower' uses itself"),
+    ("syntax_unclosed.conv", 3, 9, "'(' opened at 3:9 is never closed"),
+    ("syntax_missing_comma.conv", 3, 12, "expected ')' or ',' after argument"),
+]
+
+
+@pytest.mark.parametrize("name,line,col,fragment", ERROR_CASES)
+def test_error_location_and_message(name, line, col, fragment, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_cli(capsys, "check", "--json", f"examples/errors/{name}")
+    assert code == 1
+    data = json.loads(out)
+    assert data["ok"] is False
+    first = data["errors"][0]
+    assert (first["file"], first["line"], first["column"]) == (f"examples/errors/{name}", line, col)
+    assert fragment in first["message"]
+    # The text form names the same place, quotes the line and underlines it.
+    code, _, err = run_cli(capsys, "check", f"examples/errors/{name}")
+    assert code == 1
+    assert f"examples/errors/{name}:{line}:{col}: error: " in err
+    assert re.search(r"^\s+\^+$", err, re.M)
+
+
+def test_every_error_example_is_covered():
+    covered = {c[0] for c in ERROR_CASES} | {"several_errors.conv", "drops_rows.conv"}
+    assert set(ERRORS) == covered
+
+
+def test_errors_inside_blocks_note_the_use(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    _, out, _ = run_cli(capsys, "check", "--json", "examples/errors/block_error.conv")
+    (e,) = json.loads(out)["errors"]
+    assert e["line"] == 6
+    assert any(n["line"] == 10 and "used here" in n["message"] for n in e["notes"])
+
+
+def test_several_independent_errors_are_all_reported(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = run_cli(capsys, "check", "--json", "examples/errors/several_errors.conv")
+    assert code == 1
+    lines = [e["line"] for e in json.loads(out)["errors"]]
+    assert lines == [3, 6, 10, 17]
+
+
+def test_warning_alone_keeps_exit_zero(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = run_cli(capsys, "check", "--json", "examples/errors/drops_rows.conv")
+    data = json.loads(out)
+    assert code == 0 and data["ok"] is True
+    (w,) = data["warnings"]
+    assert "drops the last row when H is even" in w["message"]
+
+
+def test_symbolic_shapes_and_valid_for():
+    r = check_source(Path(EXAMPLES / "anysize.conv").read_text(), "anysize.conv").result
+    m = r.model()
+    assert dict(m.valid_for) == {"N": 1, "H": 12, "W": 12}
+    shapes = {ly.name: [str(d) for d in ly.out_shape] for ly in m.layers}
+    assert shapes["maxpool2"] == ["N", "32", "H // 4", "W // 4"]
+    assert shapes["conv3"] == ["N", "64", "H // 4 - 2", "W // 4 - 2"]
+
+
+def test_where_clause_sets_valid_for():
+    r = check_source(Path(EXAMPLES / "symbolic_where.conv").read_text(), "w.conv").result
+    m = r.model()
+    assert dict(m.valid_for) == {"N": 1, "H": 16, "W": 16}
+    assert dict(m.multiple_of) == {"H": 4, "W": 4}
+
+
+def test_automatic_names_skip_labels():
+    src = """
+model M(x: [N, 3, 8, 8]) -> [N, 4] {
+    dense1: conv(4, kernel=1)
+    conv(4, kernel=1)
+    global_avgpool
+    flatten
+    dense(4)
+}
+"""
+    m = check_source(src).result.model()
+    assert [ly.name for ly in m.layers] == ["dense1", "conv1", "global_avgpool1", "flatten1", "dense2"]
+
+
+def test_block_instances_get_dotted_names():
+    src = (EXAMPLES / "vgg11_small.conv").read_text()
+    m = check_source(src).result.model()
+    names = [ly.name for ly in m.layers]
+    assert names[:3] == ["vgg1.conv1", "vgg1.relu1", "vgg1.maxpool1"]
+    assert "vgg3.conv2" in names and "vgg5.maxpool1" in names
+    assert names[-1] == "dense3"
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["check", "no/such/file.conv"], 2),
+    (["check"], 2),
+    (["check", "--bogus", "examples/lenet.conv"], 2),
+    (["frobnicate"], 2),
+])
+def test_usage_errors_exit_2(argv, code, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(argv))
+    assert e.value.code == code
+    assert "Traceback" not in capsys.readouterr().err
