@@ -99,6 +99,14 @@ def _paren(d: Dim) -> str:
     return s if isinstance(d, int) or s.isidentifier() else f"({s})"
 
 
+def _source_shape(shape: ast.Shape) -> str:
+    """A shape as written (names and integers; expressions as '...')."""
+    parts = []
+    for d in shape.dims:
+        parts.append(d.id if isinstance(d, ast.Name) else str(d.value) if isinstance(d, ast.Num) else "...")
+    return "[" + ", ".join(parts) + "]"
+
+
 def _is_sym(d: Dim) -> bool:
     return not isinstance(d, int)
 
@@ -140,6 +148,9 @@ class Checker:
         self.diags: list[Diagnostic] = []
         self.blocks: dict[str, ast.Block] = {}
         self.generic_ok: dict[str, bool] = {}
+        self.generic_done: set[str] = set()  # blocks whose signature was proved (or refuted) once for all
+        self.generic_body_diags: dict[str, list[Diagnostic]] = {}  # reported only if the block is never used
+        self.used_blocks: set[str] = set()
 
     # ------------------------------------------------------------ reporting
     def err(self, code: str, msg: str, span: Span, scope: _Scope | None, *notes: Note) -> None:
@@ -173,6 +184,7 @@ class Checker:
         self._check_recursion()
         for block in self.blocks.values():
             self._check_block_params(block)
+            self._check_ops_exist(block.body)
             if block.signature is not None and self.generic_ok.get(block.name, True):
                 self._check_signature(block)
         models = []
@@ -182,11 +194,24 @@ class Checker:
             checked = self._check_model(m)
             if checked is not None:
                 models.append(checked)
+        for name, diags in self.generic_body_diags.items():
+            if name not in self.used_blocks:  # used blocks report these at each use, with a note there
+                self.diags.extend(diags)
         if not self.program.models and not self.diags:
             span = Span(self.program.file, 1, 1, 1, 2)
             self.err("no-model", "the file defines no model", span, None)
         errors = [d for d in self.diags if d.severity == "error"]
         return CheckResult(tuple(models) if not errors else tuple(models), tuple(_dedupe(self.diags)))
+
+    def _check_ops_exist(self, stmts: tuple[ast.Stmt, ...]) -> None:
+        """Unknown ops in a block body, once per line (whether or not the block is used)."""
+        for st in stmts:
+            if isinstance(st, ast.Repeat):
+                self._check_ops_exist(st.body)
+            elif st.op not in BUILTIN_OPS and st.op not in self.blocks:
+                hint = _suggest(st.op, list(BUILTIN_OPS) + list(self.blocks))
+                self.err("unknown-op", f"unknown op '{st.op}'", st.op_span, None,
+                         *([Note(f"did you mean '{hint}'?")] if hint else []))
 
     def _check_block_params(self, block: ast.Block) -> None:
         seen: set[str] = set()
@@ -268,8 +293,16 @@ class Checker:
             self.err("rank", f"the input of model '{m.name}' must be 4-D [N, C, H, W], "
                      f"not {len(in_shape_ast.dims)}-D", in_shape_ast.span, None)
             return None
+        batch = in_shape_ast.dims[0]
+        if not (isinstance(batch, ast.Name) and batch.id == "N"):
+            self.err("bad-shape", "the batch dimension of the input is the symbol N: the batch size is "
+                     "given at run time", batch.span, None, Note(f"write [N, ...] for model '{m.name}'"))
+            return None
         symbols: dict[str, Dim] = {}
-        for d in in_shape_ast.dims:
+        for i, d in enumerate(in_shape_ast.dims):
+            if isinstance(d, ast.Name) and d.id == "N" and i:
+                self.err("bad-shape", "N is the batch size; it cannot name another dimension", d.span, None)
+                return None
             if isinstance(d, ast.Name):
                 symbols[d.id] = sy.sym(d.id)
             elif not isinstance(d, ast.Num):
@@ -370,7 +403,10 @@ class Checker:
                 mult[c.value.id] = prev * k // _gcd(prev, k)
         for s, v in fixed.items():
             if v < lower.get(s, 1) or v % mult.get(s, 1):
-                self.err("where", f"the where clause leaves no valid value for '{s}'", m.span, None)
+                span = next(c.span for c in m.where if isinstance(c, ast.Compare) and c.op == "=="
+                            and s in (getattr(c.lhs, "id", None), getattr(c.rhs, "id", None)))
+                self.err("where", f"the where clause leaves no valid value for '{s}'", span, None,
+                         Note(f"{s} == {v} contradicts the other constraints on {s}"))
                 ok = False
         if not ok:
             return None, constrained
@@ -427,14 +463,18 @@ class Checker:
         labels: dict[str, Span] = {}
         for ly, _ in flat:
             if ly.label is not None:
+                if labels.get(ly.label) == ly.label_span:
+                    continue  # the same line again, from a repeat: reported below, once
                 if ly.label in labels:
                     self.err("duplicate-name", f"the name '{ly.label}' is used twice", ly.label_span, scope,
                              Note("first used here", labels[ly.label]))
                     continue
                 labels[ly.label] = ly.label_span
         counters: dict[str, int] = {}
+        reported_repeat: set[Span] = set()
         for ly, rep_count in flat:
-            if ly.label is not None and rep_count > 1:
+            if ly.label is not None and rep_count > 1 and ly.label_span not in reported_repeat:
+                reported_repeat.add(ly.label_span)
                 self.err("duplicate-name", f"a label inside 'repeat {rep_count}' would name {rep_count} layers "
                          f"'{ly.label}'", ly.label_span, scope, Note("remove the label"))
             if ly.label is not None:
@@ -501,9 +541,10 @@ class Checker:
                 self._sizes_ok(ly, full, out, scope, notes_fn)
                 self._drop_warnings(ly, full, op, shape, scope, domain)
         else:
-            hint = _suggest(ly.op, list(BUILTIN_OPS) + list(self.blocks))
-            self.err("unknown-op", f"unknown op '{ly.op}'", ly.op_span, scope,
-                     *([Note(f"did you mean '{hint}'?")] if hint else []))
+            if not scope.stack:  # inside blocks, _check_ops_exist reported it once already
+                hint = _suggest(ly.op, list(BUILTIN_OPS) + list(self.blocks))
+                self.err("unknown-op", f"unknown op '{ly.op}'", ly.op_span, scope,
+                         *([Note(f"did you mean '{hint}'?")] if hint else []))
             raise _Abort
         if ly.declared is not None:
             names = {**scope.symbols, **scope.params}
@@ -546,7 +587,8 @@ class Checker:
             if v.status == "proved":
                 continue
             extra: list[Note] = []
-            if v.status == "disproved" and v.counterexample and (sy.free_symbols(a) | sy.free_symbols(d)):
+            if v.status == "disproved" and v.counterexample and (sy.free_symbols(a) | sy.free_symbols(d)) \
+                    and sy.evaluate(a, {"N": 1, **v.counterexample}) >= 1:
                 cx = dict(v.counterexample)
                 cx.setdefault("N", 1)
                 where = ", ".join(f"{k} = {val}" for k, val in sorted(cx.items()) if k in
@@ -869,9 +911,18 @@ class Checker:
             self.err("empty", f"block '{block.name}' holds no layer", block.span, None)
             raise _Abort
         before = self._n_errors()
+        self.used_blocks.add(block.name)
         out = self._pipeline(block.body, shape, inner, layers, domain)
         if out is None or self._n_errors() > before:
             raise _Abort
+        if block.signature is not None and block.name not in self.generic_done and not scope.generic:
+            # The signature could not be checked once for all uses: check it for this one.
+            sig_out = block.signature[1]
+            declared = self.shape(sig_out, {**symbols, **values}, inner)
+            if not self._compare(declared, out, sig_out.span, inner, self._domain_so_far(layers, domain),
+                                 f"block '{block.name}' produces {_fmt_shape(out)} here, but its signature "
+                                 f"declares {_fmt_shape(declared)}", ()):
+                raise _Abort
         return out
 
     def _cyclic(self) -> set[str]:
@@ -889,8 +940,10 @@ class Checker:
             if isinstance(d_ast, ast.Name) and d_ast.id not in values:
                 if d_ast.id in bound:
                     if sy.prove_equal(bound[d_ast.id], actual, domain).status != "proved":
-                        self.err("shape-mismatch", f"block '{block.name}' expects {_fmt_shape(s.id if isinstance(s, ast.Name) else '?' for s in sig_in.dims)}"
-                                 f" but gets {_fmt_shape(shape)}", ly.op_span, scope,
+                        self.err("shape-mismatch", f"block '{block.name}' expects an input "
+                                 f"{_source_shape(sig_in)}, but gets {_fmt_shape(shape)} "
+                                 f"('{d_ast.id}' would be both {sy.to_str(bound[d_ast.id])} and {sy.to_str(actual)})",
+                                 ly.op_span, scope,
                                  Note("the signature is here", sig_in.span))
                         raise _Abort
                 bound[d_ast.id] = actual
@@ -919,14 +972,20 @@ class Checker:
         except _Abort:
             return
         layers: list[Layer] = []
+        mark = len(self.diags)
         try:
             out = self._pipeline(block.body, in_shape, scope, layers, sy.Domain())
         except _GenericUnsupported as g:
+            del self.diags[mark:]
             self.warn("signature", f"the signature of block '{block.name}' is checked at each use, "
                       f"not once: {g.reason}", g.span, None)
             return
-        if out is None:
+        # Errors in the body itself are reported at each use, with a note there.
+        self.generic_body_diags[block.name] = self.diags[mark:]
+        del self.diags[mark:]
+        if out is None or self.generic_body_diags[block.name]:
             return
+        self.generic_done.add(block.name)
         self._compare(out_decl, out, sig_out.span, None, self._domain_so_far(layers, sy.Domain()),
                       f"block '{block.name}' produces {_fmt_shape(out)}, but its signature declares "
                       f"{_fmt_shape(out_decl)}", ())

@@ -116,6 +116,8 @@ def model_json(m: CheckedModel) -> dict:
         "input": [sy.to_json(d) for d in m.input_shape],
         "output": [sy.to_json(d) for d in m.output_shape],
         "valid_for": dict(m.valid_for),
+        "multiple_of": dict(m.multiple_of),
+        "fixed": dict(m.fixed),
         "params": sy.to_json(m.params),
         "macs": macs_text(m.layers),
         "layers": [

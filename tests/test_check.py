@@ -194,3 +194,65 @@ def test_usage_errors_exit_2(argv, code, capsys, monkeypatch):
         raise SystemExit(main(argv))
     assert e.value.code == code
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- regressions
+def _errors(src):
+    return [(e.span.line, e.span.column, e.message) for e in check_source(src, "t.conv").result.errors]
+
+
+def test_signature_input_mismatch_is_an_error_not_a_crash():
+    src = ("block sq(c) : [N, C, S, S] -> [N, c, S, S] {\n    conv(c, kernel=3, padding=1)\n}\n"
+           "model D(x: [N, 8, 32, 16]) -> [N, 4, 32, 16] {\n    sq(4)\n}\n")
+    (err,) = _errors(src)
+    assert err[:2] == (5, 5) and "'S' would be both 32 and 16" in err[2]
+
+
+def test_signature_checked_per_use_when_repeat_count_is_a_parameter():
+    src = ("block vgg(convs, channels) : [N, C, H, W] -> [N, channels, H, W] {\n"
+           "    repeat convs {\n        conv(channels, kernel=3, padding=1)\n        relu\n    }\n"
+           "    maxpool(2, stride=2)\n}\n"
+           "model M(x: [N, 3, 32, 32]) -> [N, 8, 16, 16] {\n    vgg(2, 8)\n}\n")
+    (err,) = _errors(src)
+    assert err[0] == 1 and "produces [N, 8, 16, 16] here, but its signature declares [N, 8, 32, 32]" in err[2]
+
+
+def test_label_inside_repeat_is_one_error():
+    src = "model M(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    repeat 2 {\n        c: relu\n    }\n}\n"
+    (err,) = _errors(src)
+    assert "a label inside 'repeat 2' would name 2 layers 'c'" in err[2]
+
+
+def test_error_in_block_with_signature_is_reported_once_with_the_use():
+    src = ("block stage(c) : [N, C, H, W] -> [N, c] {\n    conv(c, kernel=3)\n    dense(c)\n}\n"
+           "model M(x: [N, 3, 32, 32]) -> [N, 16] {\n    s1: stage(16)\n}\n")
+    result = check_source(src, "t.conv").result
+    (err,) = result.errors
+    assert err.span.line == 3 and any(n.span and n.span.line == 6 for n in err.notes)
+
+
+def test_unknown_op_in_unused_block_is_reported():
+    src = "block b() {\n    convv(3, kernel=1)\n}\nmodel M(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    relu\n}\n"
+    assert _errors(src) == [(2, 5, "unknown op 'convv'")]
+
+
+def test_batch_dimension_must_be_N():
+    for shape in ("[1, 3, 8, 8]", "[B, 3, 8, 8]"):
+        src = f"model M(x: {shape}) -> [N, 3, 8, 8] {{\n    relu\n}}\n"
+        (err,) = _errors(src)
+        assert err[:2] == (1, 13) and "the batch dimension" in err[2]
+
+
+def test_contradictory_where_points_at_the_clause():
+    src = "model M(x: [N, 3, H, W]) -> [N, 3, H, W] where H == 30, H % 4 == 0 {\n    relu\n}\n"
+    (err,) = _errors(src)
+    assert err[:2] == (1, 48) and "no valid value for 'H'" in err[2]
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(f"{sys.executable} -m convdsl check --json {EXAMPLES / 'vgg11.conv'} | head -1",
+                       shell=True, capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "{" and "Traceback" not in r.stderr
