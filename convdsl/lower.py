@@ -1,0 +1,764 @@
+"""Lowering: a concrete model plus a schedule becomes a loop-IR program and a weight-packing plan.
+
+Precondition: ``cm`` is a :class:`~convdsl.model.ConcreteModel` bound from a
+model the checker accepted (every size but the batch known, shapes
+consistent).  ``lower`` never reports user errors; it asserts.
+
+Algorithm (what), independent of the schedule:
+
+* the network is a list of *stages*: ``pack`` (caller's NCHW input into
+  scratch), ``conv``, ``dense`` (reads any layout; a preceding ``flatten`` is a
+  view), ``pool``, ``gap`` (global average), ``flatten`` (a real copy, only
+  needed before a softmax), ``softmax`` and ``unpack`` (scratch into the
+  caller's NCHW / ``[N, F]`` output);
+* every activation is fused into the epilogue of the stage that produced its
+  input (they commute with ``flatten``);
+* intermediates live in scratch in the blocked layout ``[C/V][H][W][V]``
+  (``V`` = vector width), with a halo around ``H x W`` that the consumer needs
+  (zeros for conv padding and average pooling, ``-inf`` for max pooling), so
+  that no kernel tests bounds.  Channel lanes past ``C`` hold finite junk that
+  no consumer lets through (zero weights, masked softmax, unpack skips them).
+
+Schedule (how): vector width, register blocks of the conv micro-kernel
+(output-channel vectors x output-width positions) and of the dense
+micro-kernel (output vectors x images), the batch tile (scratch holds one
+tile; the entry loops over tiles), loop order, unrolling of the kernel width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Union, assert_never
+
+import numpy as np
+
+from . import loopir as L
+from .loopir import iadd, imin, imul, isub, ix
+from .model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Op, Pool, Softmax
+from .schedule import Schedule
+
+ALIGN = 16  # floats (64 bytes) between arena regions
+
+# ----------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Per-image memory layout of a ``C x H x W`` tensor.
+
+    ``blocked``: ``[ceil(C/V)][H + t + b][W + l + r][V]``; else planar ``[C][H + t + b][W + l + r]``.
+    ``halo`` = ``(t, b, l, r)``; coordinates passed to :meth:`index` are logical (halo cells are
+    negative or past the end)."""
+
+    C: int
+    H: int
+    W: int
+    blocked: bool
+    V: int
+    halo: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def Cb(self) -> int:
+        return -(-self.C // self.V) if self.blocked else self.C
+
+    @property
+    def Hp(self) -> int:
+        return self.H + self.halo[0] + self.halo[1]
+
+    @property
+    def Wp(self) -> int:
+        return self.W + self.halo[2] + self.halo[3]
+
+    @property
+    def size(self) -> int:
+        lanes = self.V if self.blocked else 1
+        return self.Cb * self.Hp * self.Wp * lanes
+
+    def index(self, c: L.Index | int, h: L.Index | int, w: L.Index | int) -> L.Index:
+        """Element offset (within one image) of channel ``c`` at logical ``(h, w)``."""
+        hh, ww = iadd(h, self.halo[0]), iadd(w, self.halo[2])
+        if not self.blocked or self.V == 1:
+            return iadd(imul(iadd(imul(c, self.Hp), hh), self.Wp), ww)
+        c = ix(c)
+        if isinstance(c, L.IConst):
+            cb, cl = L.IConst(c.value // self.V), L.IConst(c.value % self.V)
+        else:
+            cb, cl = L.IDivC(c, self.V), L.IDivC(c, self.V, mod=True)
+        return iadd(self.vindex(cb, h, w), cl)
+
+    def vindex(self, cb: L.Index | int, h: L.Index | int, w: L.Index | int) -> L.Index:
+        """Offset of the ``V``-lane vector of channel block ``cb`` at logical ``(h, w)`` (blocked)."""
+        assert self.blocked
+        hh, ww = iadd(h, self.halo[0]), iadd(w, self.halo[2])
+        return imul(iadd(imul(iadd(imul(cb, self.Hp), hh), self.Wp), ww), self.V)
+
+    def features_in_memory_order(self) -> np.ndarray:
+        """For each float of one image (no halo), the flattened feature ``c*H*W + h*W + w`` it
+        holds, or -1 for padding lanes: what a dense layer reading this buffer linearly sees."""
+        assert self.halo == (0, 0, 0, 0)
+        if not self.blocked or self.V == 1:
+            return np.arange(self.C * self.H * self.W)
+        cb, h, w, cl = np.meshgrid(np.arange(self.Cb), np.arange(self.H), np.arange(self.W), np.arange(self.V),
+                                   indexing="ij")
+        c = cb * self.V + cl
+        f = c * self.H * self.W + h * self.W + w
+        return np.where(c < self.C, f, -1).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- weight packing plan
+
+
+@dataclass(frozen=True, slots=True)
+class ConvPack:
+    """Conv weight ``[O, C/g, KH, KW]`` as, per output-channel vector block ``ob``,
+    ``[ic_len][KH][KW][V]`` at ``offsets[ob]`` (input channels ``ic_lo[ob] ..``; lanes of other
+    groups and past ``O`` are zero)."""
+
+    key: str
+    offset: int
+    size: int
+    V: int
+    out_channels: int
+    groups: int
+    in_channels: int
+    ic_lo: tuple[int, ...]
+    ic_len: tuple[int, ...]
+    offsets: tuple[int, ...]  # relative to ``offset``
+
+
+@dataclass(frozen=True, slots=True)
+class DensePack:
+    """Dense weight ``[O, F]`` as ``[ceil(O/V)][K][V]`` where the k-th input float (memory order
+    of ``layout``) holds feature ``layout.features_in_memory_order()[k]``."""
+
+    key: str
+    offset: int
+    size: int
+    V: int
+    out_features: int
+    layout: Layout
+
+
+@dataclass(frozen=True, slots=True)
+class BiasPack:
+    key: str
+    offset: int
+    size: int
+    count: int
+
+
+PackSpec = Union[ConvPack, DensePack, BiasPack]
+
+
+@dataclass(frozen=True, slots=True)
+class PackingPlan:
+    size: int  # floats in the weight arena
+    specs: tuple[PackSpec, ...]
+
+    def pack(self, weights: dict[str, np.ndarray]) -> np.ndarray:
+        """The weight arena (float32, 64-byte aligned) for PyTorch-layout ``weights``."""
+        arena = aligned_zeros(self.size)
+        for spec in self.specs:
+            dst = arena[spec.offset:spec.offset + spec.size]
+            src = np.asarray(weights[spec.key], dtype=np.float32)
+            match spec:
+                case BiasPack(count=n):
+                    dst[:n] = src.reshape(n)
+                case ConvPack():
+                    _pack_conv(spec, src, dst)
+                case DensePack():
+                    _pack_dense(spec, src, dst)
+                case _:
+                    assert_never(spec)
+        return arena
+
+
+def aligned_zeros(n: int, fill: float = 0.0) -> np.ndarray:
+    raw = np.full(n + ALIGN, fill, dtype=np.float32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip:skip + n]
+
+
+def _pack_conv(spec: ConvPack, w: np.ndarray, dst: np.ndarray) -> None:
+    O, Cg, KH, KW = w.shape
+    V, g = spec.V, spec.groups
+    Og = O // g
+    for ob, (lo, n, off) in enumerate(zip(spec.ic_lo, spec.ic_len, spec.offsets)):
+        blk = np.zeros((n, KH, KW, V), dtype=np.float32)
+        for lane in range(V):
+            o = ob * V + lane
+            if o >= O:
+                break
+            grp = o // Og
+            a, b = max(lo, grp * Cg), min(lo + n, (grp + 1) * Cg)
+            if a < b:
+                blk[a - lo:b - lo, :, :, lane] = w[o, a - grp * Cg:b - grp * Cg]
+        dst[off:off + blk.size] = blk.reshape(-1)
+
+
+def _pack_dense(spec: DensePack, w: np.ndarray, dst: np.ndarray) -> None:
+    O, F = w.shape
+    V = spec.V
+    feats = spec.layout.features_in_memory_order()
+    K = feats.size
+    Ob = -(-O // V)
+    wp = np.zeros((Ob * V, F + 1), dtype=np.float32)
+    wp[:O, :F] = w
+    cols = np.where(feats >= 0, feats, F)  # column F is all zeros
+    packed = wp[:, cols].reshape(Ob, V, K).transpose(0, 2, 1)
+    dst[:packed.size] = packed.reshape(-1)
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True, slots=True)
+class Lowered:
+    program: L.Program
+    packing: PackingPlan
+    input_shape: tuple[int, ...]  # per image
+    output_shape: tuple[int, ...]  # per image
+    batch_tile: int
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+Act = Literal["relu", "sigmoid", "tanh"]
+
+
+@dataclass(slots=True)
+class _Stage:
+    kind: Literal["pack", "conv", "dense", "pool", "gap", "flatten", "softmax", "unpack"]
+    name: str
+    op: Op | None
+    in_shape: tuple[int, int, int]  # physical C, H, W read
+    out_shape: tuple[int, int, int]
+    acts: list[Act] = field(default_factory=list)
+
+
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    assert len(shape) == 1, shape
+    return (shape[0], 1, 1)
+
+
+def _stages(cm: ConcreteModel) -> list[_Stage]:
+    cur = _chw(cm.input_shape)
+    stages = [_Stage("pack", "input", None, cur, cur)]
+    flat_view = False  # current tensor is a flatten of ``cur``
+    for layer, in_shape, out_shape, op in cm.layers:
+        match op:
+            case Activation(kind=k):
+                stages[-1].acts.append(k)
+            case Flatten():
+                flat_view = cur[1] * cur[2] > 1
+            case Softmax():
+                if flat_view:
+                    f = cur[0] * cur[1] * cur[2]
+                    stages.append(_Stage("flatten", f"{layer.name}.flat", op, cur, (f, 1, 1)))
+                    cur, flat_view = (f, 1, 1), False
+                stages.append(_Stage("softmax", layer.name, op, cur, cur))
+            case Dense():
+                out = _chw(out_shape)
+                stages.append(_Stage("dense", layer.name, op, cur, out))
+                cur, flat_view = out, False
+            case Conv():
+                assert not flat_view
+                out = _chw(out_shape)
+                stages.append(_Stage("conv", layer.name, op, cur, out))
+                cur = out
+            case Pool():
+                out = _chw(out_shape)
+                stages.append(_Stage("pool", layer.name, op, cur, out))
+                cur = out
+            case GlobalAvgPool():
+                out = (cur[0], 1, 1)
+                stages.append(_Stage("gap", layer.name, op, cur, out))
+                cur = out
+            case _:
+                assert_never(op)
+    stages.append(_Stage("unpack", "output", None, cur, cur))
+    return stages
+
+
+def _pool_extra(n: int, k: int, s: int, p: int, out: int) -> int:
+    """Cells a ceil-mode window reaches past the padded input (needs halo too)."""
+    return max(0, (out - 1) * s + k - (n + 2 * p))
+
+
+def _input_requirements(st: _Stage) -> tuple[bool, tuple[int, int, int, int], float]:
+    """(may be planar, halo, halo fill) that stage ``st`` needs of its input buffer."""
+    match st.kind:
+        case "conv":
+            op = st.op
+            assert isinstance(op, Conv)
+            return True, op.padding, 0.0
+        case "dense":
+            return True, (0, 0, 0, 0), 0.0
+        case "pool":
+            op = st.op
+            assert isinstance(op, Pool)
+            (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+            _, H, W = st.in_shape
+            _, OH, OW = st.out_shape
+            eh, ew = _pool_extra(H, kh, sh, ph, OH), _pool_extra(W, kw, sw, pw, OW)
+            return False, (ph, ph + eh, pw, pw + ew), (-math.inf if op.kind == "max" else 0.0)
+        case "unpack" | "gap" | "flatten" | "softmax":
+            return False, (0, 0, 0, 0), 0.0
+        case "pack":
+            raise AssertionError("pack consumes nothing internal")
+        case _:
+            assert_never(st.kind)
+
+
+# ----------------------------------------------------------------------------- tensors in kernels
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    buf: str
+    layout: Layout
+    user: bool  # the caller's array: images at n0 + i, else a scratch tile: images at i
+
+    def image(self, i: L.Index | int | str) -> L.Index:
+        img = iadd("n0", i) if self.user else ix(i)
+        return imul(img, self.layout.size)
+
+    def at(self, i, c, h, w) -> L.Index:
+        return iadd(self.image(i), self.layout.index(c, h, w))
+
+    def vat(self, i, cb, h, w) -> L.Index:
+        return iadd(self.image(i), self.layout.vindex(cb, h, w))
+
+
+class _Builder:
+    """Collects buffers, kernels and packing specs while walking the stages."""
+
+    def __init__(self, sched: Schedule) -> None:
+        self.s = sched
+        self.V = sched.vector_width
+        self.buffers: list[L.Buffer] = []
+        self.kernels: list[L.Kernel] = []
+        self.specs: list[PackSpec] = []
+        self.wsize = 0
+        self.ssize = 0
+        self.counter = 0
+        self.stages: list[str] = []
+
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}{self.counter}"
+
+    def weights(self, name: str, size: int) -> str:
+        off = self.wsize
+        self.wsize += -(-size // ALIGN) * ALIGN
+        self.buffers.append(L.Buffer(name, "weights", size, off))
+        return name
+
+    def scratch(self, name: str, size: int, fill: float) -> str:
+        off = self.ssize
+        self.ssize += -(-size // ALIGN) * ALIGN
+        self.buffers.append(L.Buffer(name, "scratch", size, off, fill))
+        return name
+
+    def kernel(self, name: str, bufs: tuple[str, ...], body: list[L.Stmt],
+               params: tuple[str, ...] = ("n0", "nt"), stage: bool = True) -> None:
+        """A kernel; ``stage`` kernels are called by the entry, the others by kernels."""
+        self.kernels.append(L.Kernel(name, bufs, params, tuple(body)))
+        if stage:
+            self.stages.append(name)
+
+
+def _epilogue(v: L.Value, acts: list[Act]) -> L.Value:
+    for a in acts:
+        v = L.Unary(a, v)
+    return v
+
+
+def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor") -> tuple[list[Act], list[L.Stmt]]:
+    """Activations for a register-blocked micro-kernel's epilogue, and the statements that apply
+    the rest afterwards.  ``exp``-based activations need a dozen vector constants; inlined next to
+    a block of accumulators they force spills in the hot loop, so they run in a separate
+    (non-inlined) pass over the image's output, while it is still in L1."""
+    if all(a == "relu" for a in acts):
+        return acts, []
+    lay = dst.layout
+    name = b.fresh("act_")
+    upd = [L.Store(dst.buf, dst.vat("i", "cb", "h", "w"),
+                   _epilogue(L.Load(dst.buf, dst.vat("i", "cb", "h", "w"), b.V), acts))]
+    b.kernel(name, (dst.buf,), _for("cb", lay.Cb, _for("h", lay.H, _for("w", lay.W, upd))),
+             params=("n0", "i"), stage=False)
+    return [], [L.Call(name, (L.IVar("n0"), L.IVar("i")))]
+
+
+def _for(var: str, stop: L.Index | int, body: list[L.Stmt], start: L.Index | int = 0, step: int = 1,
+         unroll: bool = False) -> list[L.Stmt]:
+    start, stop = ix(start), ix(stop)
+    if isinstance(start, L.IConst) and isinstance(stop, L.IConst) and stop.value <= start.value:
+        return []
+    return [L.For(var, start, stop, step, tuple(body), unroll)]
+
+
+def _once(var: str, value: int, body: Callable[[L.Index], list[L.Stmt]]) -> list[L.Stmt]:
+    """``body`` with ``var`` = ``value`` in its own scope (a one-trip unrolled loop)."""
+    return [L.For(var, L.IConst(value), L.IConst(value + 1), 1, tuple(body(L.IVar(var))), True)]
+
+
+def _blocked_const(var: str, extent: int, block: int,
+                   body: Callable[[L.Index, int], list[L.Stmt]]) -> list[L.Stmt]:
+    """``extent`` items in blocks of ``block``: a loop over full blocks, then one constant tail."""
+    block = max(1, min(block, extent))
+    full = extent // block
+    out: list[L.Stmt] = []
+    if full == 1:
+        out += _once(var, 0, lambda v: body(v, block))
+    elif full > 1:
+        out += _for(var, full * block, body(L.IVar(var), block), step=block)
+    tail = extent - full * block
+    if tail:
+        out += _once(var + "_t", full * block, lambda v: body(v, tail))
+    return out
+
+
+def _blocked_runtime(var: str, extent: str, block: int,
+                     body: Callable[[L.Index, int], list[L.Stmt]]) -> list[L.Stmt]:
+    """Run-time ``extent``: blocks of ``block`` while they fit, then single items."""
+    if block == 1:
+        return _for(var, extent, body(L.IVar(var), 1))
+    main_end = imul(L.IDivC(L.IVar(extent), block), block)
+    tvar = var + "_t"
+    return (_for(var, main_end, body(L.IVar(var), block), step=block)
+            + _for(tvar, extent, body(L.IVar(tvar), 1), start=main_end))
+
+
+def _split(extent: int, max_block: int) -> int:
+    """Block size <= max_block that covers ``extent`` in the fewest, most even blocks."""
+    max_block = max(1, min(max_block, extent))
+    nblocks = -(-extent // max_block)
+    return -(-extent // nblocks)
+
+
+# ----------------------------------------------------------------------------- stage emitters
+
+
+def _emit_pack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    C, H, W = st.in_shape
+    lay = dst.layout
+    body: list[L.Stmt] = []
+    if lay.blocked and lay.V > 1 and C % lay.V:
+        # padding lanes of the last channel block: zero (the halo fill may be -inf)
+        zero = [L.Store(dst.buf, dst.at("i", "c", "h", "w"), L.FConst(0.0))]
+        body += _for("c", lay.Cb * lay.V, _for("h", H, _for("w", W, zero)), start=C)
+    copy = [L.Store(dst.buf, dst.at("i", "c", "h", "w"),
+                    _epilogue(L.Load(src.buf, src.at("i", "c", "h", "w")), st.acts))]
+    body += _for("c", C, _for("h", H, _for("w", W, copy)))
+    b.kernel(b.fresh("pack_"), (src.buf, dst.buf), _for("i", "nt", body))
+
+
+def _emit_unpack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    C, H, W = st.in_shape
+    copy = [L.Store(dst.buf, dst.at("i", "c", "h", "w"),
+                    _epilogue(L.Load(src.buf, src.at("i", "c", "h", "w")), st.acts))]
+    body = _for("c", C, _for("h", H, _for("w", W, copy)))
+    b.kernel(b.fresh("unpack_"), (src.buf, dst.buf), _for("i", "nt", body))
+
+
+def _emit_flatten(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    C, H, W = st.in_shape
+    f = iadd(imul(iadd(imul("c", H), "h"), W), "w")
+    copy = [L.Store(dst.buf, iadd(dst.image("i"), dst.layout.index(f, 0, 0)),
+                    _epilogue(L.Load(src.buf, src.at("i", "c", "h", "w")), st.acts))]
+    body = _for("c", C, _for("h", H, _for("w", W, copy)))
+    b.kernel(b.fresh("flatten_"), (src.buf, dst.buf), _for("i", "nt", body))
+
+
+def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    op = st.op
+    assert isinstance(op, Conv)
+    V, s = b.V, b.s
+    C, H, W = st.in_shape
+    O, OH, OW = st.out_shape
+    KH, KW = op.kernel
+    SH, SW = op.stride
+    DH, DW = op.dilation
+    g = op.groups
+    Cg, Og = C // g, O // g
+    Ob = -(-O // V)
+    # input-channel range of every output-channel vector block
+    lo, ln = [], []
+    for ob in range(Ob):
+        g0 = (ob * V) // Og
+        g1 = (min(ob * V + V, O) - 1) // Og
+        lo.append(g0 * Cg)
+        ln.append((g1 - g0 + 1) * Cg)
+    uniform = len(set(ln)) == 1 and all(lo[i] - lo[0] == i * (lo[1] - lo[0] if Ob > 1 else 0) for i in range(Ob))
+    offs, acc = [], 0
+    for n in ln:
+        offs.append(acc)
+        acc += n * KH * KW * V
+    wname = b.weights(f"{st.name}.weight", acc)
+    b.specs.append(ConvPack(f"{st.name}.weight", b.buffers[-1].offset, acc, V, O, g, C, tuple(lo), tuple(ln),
+                            tuple(offs)))
+    bufs = [src.buf, dst.buf, wname]
+    bname = None
+    if op.bias:
+        bname = b.weights(f"{st.name}.bias", Ob * V)
+        b.specs.append(BiasPack(f"{st.name}.bias", b.buffers[-1].offset, Ob * V, O))
+        bufs.append(bname)
+
+    acts, after = _split_epilogue(b, st.acts, dst)
+    regs = s.vector_registers - 1 if V > 1 else 64
+    Bc = min(s.oc_block, Ob) if (g == 1) else 1
+    Bw = _split(OW, min(s.ow_block, max(1, (regs - Bc - 1) // Bc)))
+    step_lo = (lo[1] - lo[0]) if Ob > 1 else 0
+    wblock = (ln[0] * KH * KW * V) if uniform else 0
+
+    def micro(ob0: L.Index, nc: int, ow0: L.Index, nw: int, ob_const: int | None) -> list[L.Stmt]:
+        if ob_const is not None:
+            ic_base: L.Index = L.IConst(lo[ob_const])
+            n_ic = ln[ob_const]
+            w_base: L.Index = L.IConst(offs[ob_const])
+        else:
+            ic_base = imul(ob0, step_lo) if step_lo else L.IConst(lo[0])
+            n_ic = ln[0]
+            w_base = imul(ob0, wblock)
+        stm: list[L.Stmt] = []
+        for c in range(nc):
+            init: L.Value = L.Load(bname, imul(iadd(ob0, c), V), V) if bname else L.FConst(0.0, V)
+            for j in range(nw):
+                stm.append(L.DeclLocal(f"acc{j}_{c}", V, init))
+        inner: list[L.Stmt] = []
+        for c in range(nc):
+            widx = iadd(w_base, c * n_ic * KH * KW * V,
+                        imul(iadd(imul(iadd(imul("ic", KH), "kh"), KW), "kw"), V))
+            inner.append(L.DeclLocal(f"w{c}", V, L.Load(wname, widx, V)))
+        ic_abs = iadd(ic_base, "ic")
+        ih = iadd(imul("oh", SH), imul("kh", DH), -op.padding[0])
+        for j in range(nw):
+            iw = iadd(imul(iadd(ow0, j), SW), imul("kw", DW), -op.padding[2])
+            xv = L.Broadcast(L.Load(src.buf, src.at("i", ic_abs, ih, iw)), V) if V > 1 else \
+                L.Load(src.buf, src.at("i", ic_abs, ih, iw))
+            inner.append(L.DeclLocal(f"x{j}", V, xv))
+            for c in range(nc):
+                inner.append(L.Assign(f"acc{j}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{j}"),
+                                                           L.Local(f"acc{j}_{c}"))))
+        stm += _for("ic", n_ic, _for("kh", KH, _for("kw", KW, inner, unroll=s.unroll_kernel_w and KW <= 7)))
+        for j in range(nw):
+            for c in range(nc):
+                stm.append(L.Store(dst.buf, dst.vat("i", iadd(ob0, c), "oh", iadd(ow0, j)),
+                                   _epilogue(L.Local(f"acc{j}_{c}"), acts)))
+        return stm
+
+    def row(ob0: L.Index, nc: int, ob_const: int | None) -> list[L.Stmt]:
+        return _blocked_const("ow", OW, Bw, lambda ow0, nw: micro(ob0, nc, ow0, nw, ob_const))
+
+    if uniform:
+        if s.oc_outer:
+            body = _blocked_const("ob", Ob, Bc, lambda ob0, nc: _for("oh", OH, row(ob0, nc, None)))
+        else:
+            body = _for("oh", OH, _blocked_const("ob", Ob, Bc, lambda ob0, nc: row(ob0, nc, None)))
+    else:
+        body = []
+        for ob in range(Ob):
+            body += _for("oh", OH, row(L.IConst(ob), 1, ob))
+    b.kernel(b.fresh("conv_"), tuple(bufs), _for("i", "nt", body + after))
+
+
+def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    op = st.op
+    assert isinstance(op, Dense)
+    V, s = b.V, b.s
+    O = op.out_features
+    Ob = -(-O // V)
+    K = src.layout.size
+    wname = b.weights(f"{st.name}.weight", Ob * K * V)
+    b.specs.append(DensePack(f"{st.name}.weight", b.buffers[-1].offset, Ob * K * V, V, O, src.layout))
+    bufs = [src.buf, dst.buf, wname]
+    bname = None
+    if op.bias:
+        bname = b.weights(f"{st.name}.bias", Ob * V)
+        b.specs.append(BiasPack(f"{st.name}.bias", b.buffers[-1].offset, Ob * V, O))
+        bufs.append(bname)
+    acts, after = _split_epilogue(b, st.acts, dst)
+    regs = s.vector_registers - 1 if V > 1 else 64
+    Bo = min(s.dense_out_block, Ob)
+    Bn = max(1, min(s.dense_batch_block, (regs - Bo - 1) // Bo, s.batch_tile))
+
+    def micro(ob0: L.Index, nc: int, i0: L.Index, ni: int) -> list[L.Stmt]:
+        stm: list[L.Stmt] = []
+        for c in range(nc):
+            init: L.Value = L.Load(bname, imul(iadd(ob0, c), V), V) if bname else L.FConst(0.0, V)
+            for j in range(ni):
+                stm.append(L.DeclLocal(f"acc{j}_{c}", V, init))
+        inner: list[L.Stmt] = []
+        for c in range(nc):
+            inner.append(L.DeclLocal(f"w{c}", V, L.Load(wname, imul(iadd(imul(iadd(ob0, c), K), "k"), V), V)))
+        for j in range(ni):
+            ld = L.Load(src.buf, iadd(src.image(iadd(i0, j)), "k"))
+            inner.append(L.DeclLocal(f"x{j}", V, L.Broadcast(ld, V) if V > 1 else ld))
+            for c in range(nc):
+                inner.append(L.Assign(f"acc{j}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{j}"),
+                                                           L.Local(f"acc{j}_{c}"))))
+        stm += _for("k", K, inner)
+        for j in range(ni):
+            for c in range(nc):
+                stm.append(L.Store(dst.buf, dst.vat(iadd(i0, j), iadd(ob0, c), 0, 0),
+                                   _epilogue(L.Local(f"acc{j}_{c}"), acts)))
+        return stm
+
+    body = _blocked_const("ob", Ob, Bo, lambda ob0, nc: _blocked_runtime(
+        "i", "nt", Bn, lambda i0, ni: micro(ob0, nc, i0, ni)))
+    if after:
+        body += _for("i", "nt", after)
+    b.kernel(b.fresh("dense_"), tuple(bufs), body)
+
+
+def _emit_pool(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    op = st.op
+    assert isinstance(op, Pool)
+    V, s = b.V, b.s
+    C, H, W = st.in_shape
+    _, OH, OW = st.out_shape
+    (KH, KW), (SH, SW), (PH, PW) = op.kernel, op.stride, op.padding
+    Cb = -(-C // V)
+    is_max = op.kind == "max"
+    ih = iadd(imul("oh", SH), "kh", -PH)
+    iw = iadd(imul("ow", SW), "kw", -PW)
+    upd = L.Assign("acc", L.Bin("max" if is_max else "add", L.Local("acc"),
+                                 L.Load(src.buf, src.vat("i", "cb", ih, iw), V)))
+    stm: list[L.Stmt] = [L.DeclLocal("acc", V, L.FConst(-math.inf if is_max else 0.0, V))]
+    stm += _for("kh", KH, _for("kw", KW, [upd], unroll=s.unroll_kernel_w and KW <= 7), unroll=KH * KW <= 9)
+    res: L.Value = L.Local("acc")
+    if not is_max:
+        # PyTorch divides by the window clipped to the padded input (count_include_pad)
+        dh: L.Index = L.IConst(KH)
+        dw: L.Index = L.IConst(KW)
+        if (OH - 1) * SH + KH > H + 2 * PH:
+            dh = imin(KH, isub(H + 2 * PH, imul("oh", SH)))
+        if (OW - 1) * SW + KW > W + 2 * PW:
+            dw = imin(KW, isub(W + 2 * PW, imul("ow", SW)))
+        if isinstance(dh, L.IConst) and isinstance(dw, L.IConst):
+            res = L.Bin("mul", res, L.FConst(1.0 / (dh.value * dw.value), V))
+        else:
+            res = L.Bin("div", res, L.ToFloat(imul(dh, dw), V))
+    stm.append(L.Store(dst.buf, dst.vat("i", "cb", "oh", "ow"), _epilogue(res, st.acts)))
+    body = _for("cb", Cb, _for("oh", OH, _for("ow", OW, stm)))
+    b.kernel(b.fresh("pool_"), (src.buf, dst.buf), _for("i", "nt", body))
+
+
+def _emit_gap(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    V = b.V
+    C, H, W = st.in_shape
+    Cb = -(-C // V)
+    stm: list[L.Stmt] = [L.DeclLocal("acc", V, L.FConst(0.0, V))]
+    stm += _for("h", H, _for("w", W, [L.Assign("acc", L.Bin("add", L.Local("acc"),
+                                                            L.Load(src.buf, src.vat("i", "cb", "h", "w"), V)))]))
+    res = L.Bin("mul", L.Local("acc"), L.FConst(1.0 / (H * W), V))
+    stm.append(L.Store(dst.buf, dst.vat("i", "cb", 0, 0), _epilogue(res, st.acts)))
+    b.kernel(b.fresh("gap_"), (src.buf, dst.buf), _for("i", "nt", _for("cb", Cb, stm)))
+
+
+def _emit_softmax(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    V = b.V
+    C, H, W = st.in_shape
+    full, tail = divmod(C, V)
+    ninf, zero = L.FConst(-math.inf, V), L.FConst(0.0, V)
+
+    def x(cb) -> L.Value:
+        return L.Load(src.buf, src.vat("i", cb, "h", "w"), V)
+
+    stm: list[L.Stmt] = [L.DeclLocal("m", V, ninf)]
+    stm += _for("cb", full, [L.Assign("m", L.Bin("max", L.Local("m"), x("cb")))])
+    if tail:
+        stm.append(L.Assign("m", L.Bin("max", L.Local("m"), L.SelectLanes(tail, x(full), ninf))))
+    stm.append(L.DeclLocal("mb", V, L.Broadcast(L.Reduce("max", L.Local("m")), V) if V > 1
+                           else L.Reduce("max", L.Local("m"))))
+    stm.append(L.DeclLocal("s", V, zero))
+
+    def expo(cb, masked: bool) -> list[L.Stmt]:
+        e: L.Value = L.Unary("exp", L.Bin("sub", x(cb), L.Local("mb")))
+        if masked:
+            e = L.SelectLanes(tail, e, zero)
+        return [L.DeclLocal("e", V, e),
+                L.Store(dst.buf, dst.vat("i", cb, "h", "w"), L.Local("e")),
+                L.Assign("s", L.Bin("add", L.Local("s"), L.Local("e")))]
+
+    stm += _for("cb", full, expo("cb", False))
+    if tail:
+        stm += expo(full, True)
+    inv = L.Bin("div", L.FConst(1.0), L.Reduce("add", L.Local("s")))
+    stm.append(L.DeclLocal("inv", V, L.Broadcast(inv, V) if V > 1 else inv))
+    scale = [L.Store(dst.buf, dst.vat("i", "cb2", "h", "w"),
+                     _epilogue(L.Bin("mul", L.Load(dst.buf, dst.vat("i", "cb2", "h", "w"), V), L.Local("inv")),
+                               st.acts))]
+    stm += _for("cb2", -(-C // V), scale)
+    b.kernel(b.fresh("softmax_"), (src.buf, dst.buf), _for("i", "nt", _for("h", H, _for("w", W, stm))))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
+    """The loop program and weight-packing plan of ``cm`` under ``schedule``."""
+    V = schedule.vector_width
+    T = schedule.batch_tile
+    stages = _stages(cm)
+    # Drop the input copy when the first consumer reads the caller's array as it is.
+    first = stages[1]
+    skip_pack = (not stages[0].acts and first.kind in ("conv", "dense")
+                 and _input_requirements(first)[1] == (0, 0, 0, 0))
+    b = _Builder(schedule)
+    in_lay = Layout(*stages[0].in_shape, blocked=False, V=V)
+    x = _Tensor("input", in_lay, True)
+    b.buffers.append(L.Buffer("input", "input", in_lay.size))
+    out_chw = stages[-1].in_shape
+    out_lay = Layout(*out_chw, blocked=False, V=V)
+    y = _Tensor("output", out_lay, True)
+    b.buffers.append(L.Buffer("output", "output", out_lay.size))
+
+    cur = x
+    start = 1 if skip_pack else 0
+    for k in range(start, len(stages)):
+        st = stages[k]
+        if st.kind == "unpack":
+            _emit_unpack(b, st, cur, y)
+            break
+        consumer = stages[k + 1]
+        planar_ok, halo, fill = _input_requirements(consumer)
+        blocked = not (planar_ok and st.kind == "pack")
+        lay = Layout(*st.out_shape, blocked=blocked, V=V, halo=halo)
+        buf = b.scratch(f"{st.name}.out" if st.kind != "pack" else "input.packed", T * lay.size, fill)
+        dst = _Tensor(buf, lay, False)
+        match st.kind:
+            case "pack":
+                _emit_pack(b, st, cur, dst)
+            case "conv":
+                _emit_conv(b, st, cur, dst)
+            case "dense":
+                _emit_dense(b, st, cur, dst)
+            case "pool":
+                _emit_pool(b, st, cur, dst)
+            case "gap":
+                _emit_gap(b, st, cur, dst)
+            case "flatten":
+                _emit_flatten(b, st, cur, dst)
+            case "softmax":
+                _emit_softmax(b, st, cur, dst)
+            case "unpack":
+                raise AssertionError
+            case _:
+                assert_never(st.kind)
+        cur = dst
+
+    entry: list[L.Stmt] = [L.For("n0", L.IConst(0), L.IVar("n"), T, (
+        L.LetIndex("nt", imin(T, isub("n", "n0"))),
+        *(L.Call(kn, (L.IVar("n0"), L.IVar("nt"))) for kn in b.stages),
+    ))]
+    prog = L.Program(cm.model.name, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
+                     max(b.wsize, ALIGN), max(b.ssize, ALIGN))
+    L.verify(prog)
+    return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), tuple(cm.input_shape),
+                   tuple(cm.output_shape), T)

@@ -1,0 +1,67 @@
+"""The schedule: *how* the back end computes a network, never *what*.
+
+A :class:`Schedule` is handed to :func:`convdsl.lower.lower` next to the
+concrete model.  It fixes the SIMD width, the register blocking of the
+convolution and dense micro-kernels, the batch tile and a few loop-order
+choices.  Every schedule computes the same function; tests run the scalar
+schedule (``vector_width=1``) and the vectorised one against one reference.
+
+``Schedule.for_host()`` derives the defaults from the host CPU as LLVM sees it
+(``llvmlite.binding.get_host_cpu_features``): 16 lanes with AVX-512F, 8 with
+AVX2/FMA (or AVX), 4 otherwise (SSE / NEON class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    vector_width: int = 8  # floats per SIMD vector; 1 = scalar code
+    vector_registers: int = 16  # architectural SIMD registers (register-block budget)
+    oc_block: int = 2  # output-channel vectors per conv micro-kernel (max)
+    ow_block: int = 7  # output-width positions per conv micro-kernel (max)
+    dense_out_block: int = 3  # output-feature vectors per dense micro-kernel (max)
+    dense_batch_block: int = 4  # images per dense micro-kernel (max)
+    batch_tile: int = 8  # images per pass through the whole network (scratch holds one tile)
+    unroll_kernel_w: bool = True  # fully unroll the kw loop of conv and pool windows
+    oc_outer: bool = True  # conv loop order: output-channel blocks outside rows (else rows outside)
+
+    def __post_init__(self) -> None:
+        assert self.vector_width >= 1 and self.vector_width & (self.vector_width - 1) == 0
+        assert self.oc_block >= 1 and self.ow_block >= 1
+        assert self.dense_out_block >= 1 and self.dense_batch_block >= 1
+        assert self.batch_tile >= 1
+
+    @staticmethod
+    def for_host() -> "Schedule":
+        return _host_schedule()
+
+    def scalar(self) -> "Schedule":
+        """The same schedule with vectors of one lane (plain scalar code)."""
+        return replace(self, vector_width=1)
+
+    @property
+    def prefer_vector_bits(self) -> int:
+        return 32 * self.vector_width
+
+
+def host_features() -> dict[str, bool]:
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    return dict(llvm.get_host_cpu_features())
+
+
+@lru_cache(maxsize=1)
+def _host_schedule() -> Schedule:
+    feats = host_features()
+    if feats.get("avx512f"):
+        # 32 zmm registers: wider register blocks fit.
+        return Schedule(vector_width=16, vector_registers=32, oc_block=2, ow_block=12, dense_out_block=4,
+                        dense_batch_block=6)
+    if feats.get("avx2") or feats.get("avx") or feats.get("fma"):
+        return Schedule(vector_width=8, vector_registers=16)
+    return Schedule(vector_width=4, vector_registers=16)

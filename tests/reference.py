@@ -1,0 +1,127 @@
+"""A plain numpy reference for every op, written from the definitions.
+
+Loops run over output positions; each step is vectorised over the batch and
+channels with numpy.  Clarity over speed.  ``run_reference(cm, weights, x)``
+runs a whole :class:`~convdsl.model.ConcreteModel` on ``x`` ``[N, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convdsl.model import (Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax)
+
+
+def conv2d(x, w, b, stride, padding, dilation, groups):
+    """Cross-correlation summed over each group's input channels (float64 accumulation)."""
+    N, C, H, W = x.shape
+    O, Cg, KH, KW = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    t, bt, l, r = padding
+    xp = np.zeros((N, C, H + t + bt, W + l + r))
+    xp[:, :, t:t + H, l:l + W] = x
+    OH = (H + t + bt - dh * (KH - 1) - 1) // sh + 1
+    OW = (W + l + r - dw * (KW - 1) - 1) // sw + 1
+    Og = O // groups
+    y = np.zeros((N, O, OH, OW))
+    for oh in range(OH):
+        for ow in range(OW):
+            # window[n, c, kh, kw] = xp[n, c, oh*sh + kh*dh, ow*sw + kw*dw]
+            win = xp[:, :, oh * sh:oh * sh + dh * (KH - 1) + 1:dh, ow * sw:ow * sw + dw * (KW - 1) + 1:dw]
+            for g in range(groups):
+                wg = w[g * Og:(g + 1) * Og].astype(np.float64)
+                xg = win[:, g * Cg:(g + 1) * Cg]
+                y[:, g * Og:(g + 1) * Og, oh, ow] = np.einsum("nckl,ockl->no", xg, wg)
+    if b is not None:
+        y += b.reshape(1, O, 1, 1)
+    return y
+
+
+def _pool_len(n, k, s, p, ceil):
+    if not ceil:
+        return (n + 2 * p - k) // s + 1
+    o = -(-(n + 2 * p - k) // s) + 1
+    if (o - 1) * s >= n + p:
+        o -= 1
+    return o
+
+
+def pool2d(x, kind, kernel, stride, padding, ceil):
+    """Max: padded cells never win.  Avg: padded zeros count; the divisor is the window clipped
+    to the padded input (what PyTorch's count_include_pad does, also in ceil mode)."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    OH, OW = _pool_len(H, kh, sh, ph, ceil), _pool_len(W, kw, sw, pw, ceil)
+    y = np.zeros((N, C, OH, OW))
+    for oh in range(OH):
+        for ow in range(OW):
+            h0, w0 = oh * sh - ph, ow * sw - pw
+            h1, w1 = min(h0 + kh, H + ph), min(w0 + kw, W + pw)  # window within the padded input
+            rh0, rw0, rh1, rw1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)  # real cells
+            cells = x[:, :, rh0:rh1, rw0:rw1]
+            if kind == "max":
+                y[:, :, oh, ow] = cells.max(axis=(2, 3))
+            else:
+                y[:, :, oh, ow] = cells.sum(axis=(2, 3)) / ((h1 - h0) * (w1 - w0))
+    return y
+
+
+def activation(x, kind):
+    if kind == "relu":
+        return np.maximum(x, 0)
+    if kind == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if kind == "tanh":
+        return np.tanh(x)
+    raise AssertionError(kind)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def run_reference(cm: ConcreteModel, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    y = x.astype(np.float64)
+    for layer, _, _, op in cm.layers:
+        w = weights.get(f"{layer.name}.weight")
+        b = weights.get(f"{layer.name}.bias")
+        match op:
+            case Conv():
+                y = conv2d(y, w, b, op.stride, op.padding, op.dilation, op.groups)
+            case Pool():
+                y = pool2d(y, op.kind, op.kernel, op.stride, op.padding, op.ceil)
+            case GlobalAvgPool():
+                y = y.mean(axis=(2, 3), keepdims=True)
+            case Flatten():
+                y = y.reshape(y.shape[0], -1)
+            case Dense():
+                y = y @ w.astype(np.float64).T + (b if b is not None else 0)
+            case Activation(kind=k):
+                y = activation(y, k)
+            case Softmax():
+                y = softmax(y)
+            case _:
+                raise AssertionError(op)
+    return y.astype(np.float32)
+
+
+def random_weights(cm: ConcreteModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """He-like scaled random weights for every parameter of ``cm``."""
+    out = {}
+    for layer, _, _, op in cm.layers:
+        match op:
+            case Conv():
+                fan = (op.c_in // op.groups) * op.kernel[0] * op.kernel[1]
+                out[f"{layer.name}.weight"] = (rng.standard_normal(
+                    (op.c_out, op.c_in // op.groups, *op.kernel)) / np.sqrt(fan)).astype(np.float32)
+                if op.bias:
+                    out[f"{layer.name}.bias"] = (0.1 * rng.standard_normal(op.c_out)).astype(np.float32)
+            case Dense():
+                out[f"{layer.name}.weight"] = (rng.standard_normal((op.out_features, op.in_features))
+                                               / np.sqrt(op.in_features)).astype(np.float32)
+                if op.bias:
+                    out[f"{layer.name}.bias"] = (0.1 * rng.standard_normal(op.out_features)).astype(np.float32)
+            case _:
+                pass
+    return out

@@ -1,0 +1,363 @@
+"""Back-end tests: lower -> codegen -> JIT -> run, against numpy and PyTorch.
+
+(a) every op against the numpy reference (vectorised and scalar schedules);
+(b) hypothesis differential tests against PyTorch over random layer configs;
+(c) scalar vs vectorised schedules; (d) packed FMAs in LeNet's conv asm;
+(e) threads; (f) batch size as a run-time argument; plus the loop-IR verifier,
+printer and the IR-level exp accuracy.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from convdsl import loopir as L  # noqa: E402
+from convdsl.backend import compile_model  # noqa: E402
+from convdsl.export_torch import to_torch  # noqa: E402
+from convdsl.schedule import Schedule  # noqa: E402
+from netbuild import (act, conv, dense, flatten, gap, lenet, net, pool, pool_out_size,  # noqa: E402
+                      conv_padding, out_size, softmax)
+from reference import random_weights, run_reference  # noqa: E402
+
+RTOL, ATOL = 1e-4, 1e-5
+VEC = Schedule.for_host()
+SCALAR = VEC.scalar()
+SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+def check(model, batch=3, schedules=(VEC, SCALAR), seed=0, torch_too=False):
+    cm = model.bind({})
+    rng = np.random.default_rng(seed)
+    w = random_weights(cm, rng)
+    x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
+    ref = run_reference(cm, w, x)
+    for s in schedules:
+        c = compile_model(cm, s)
+        y = c.run(x, c.pack_weights(w))
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL, err_msg=f"vector width {s.vector_width}")
+    if torch_too:
+        np.testing.assert_allclose(torch_run(cm, w, x), ref, rtol=RTOL, atol=ATOL)
+
+
+def torch_run(cm, w, x):
+    import torch
+
+    with torch.no_grad():
+        return to_torch(cm, w)(torch.from_numpy(x)).numpy()
+
+
+# ----------------------------------------------------------------------------- (a) + (c): every op
+
+
+OP_CASES = {
+    "conv_plain": net((3, 9, 11), conv(5, 3)),
+    "conv_pad_int": net((2, 8, 8), conv(9, 3, padding=1), act("relu")),
+    "conv_pad_pair": net((4, 7, 10), conv(16, (3, 5), padding=(1, 2)), act("tanh")),
+    "conv_pad_asym": net((3, 9, 9), conv(7, 4, padding=(0, 3, 2, 1)), act("sigmoid")),
+    "conv_same_dilated": net((2, 12, 13), conv(8, 3, padding="same", dilation=2)),
+    "conv_stride": net((3, 15, 14), conv(10, (5, 3), stride=(2, 3), padding=2)),
+    "conv_1x1": net((17, 6, 5), conv(24, 1)),
+    "conv_groups": net((8, 7, 7), conv(12, 3, padding=1, groups=4)),
+    "conv_groups_ragged": net((6, 6, 6), conv(9, 3, groups=3)),  # 3 outputs per group: blocks straddle groups
+    "conv_depthwise": net((16, 9, 9), conv(16, 3, padding=1, groups=16), act("relu")),
+    "conv_nobias": net((3, 8, 8), conv(4, 3, bias=False)),
+    "conv_chain": net((3, 16, 16), conv(8, 3, padding=1), act("relu"), conv(12, 3, stride=2), act("relu")),
+    "maxpool": net((5, 9, 9), conv(5, 1), pool("max", 3, 2, padding=1)),
+    "maxpool_ceil": net((3, 10, 11), conv(3, 1), pool("max", 3, 2, padding=1, ceil=True)),
+    "avgpool": net((6, 8, 8), pool("avg", 2)),
+    "avgpool_pad": net((4, 9, 7), pool("avg", 3, 2, padding=1)),
+    "avgpool_ceil": net((3, 10, 11), pool("avg", 3, 2, padding=1, ceil=True)),
+    "avgpool_ceil_nopad": net((2, 7, 8), pool("avg", 2, 2, ceil=True), act("sigmoid")),
+    "maxpool_input": net((9, 8, 8), pool("max", 2)),
+    "gap": net((10, 5, 6), conv(11, 3), gap(), flatten(), dense(4)),
+    "gap_4d_out": net((3, 5, 6), gap()),
+    "flatten_dense": net((3, 6, 6), conv(5, 3), act("relu"), flatten(), dense(7), act("relu"), dense(3)),
+    "dense_nobias": net((20, 1, 1), flatten(), dense(19, bias=False)),
+    "dense_from_input": net((2, 3, 4), flatten(), dense(9)),
+    "dense_softmax": net((1, 4, 4), flatten(), dense(13), softmax()),
+    "softmax_4d": net((11, 3, 4), conv(11, 1), softmax()),
+    "softmax_after_flatten": net((3, 3, 3), flatten(), softmax()),
+    "activations_only": net((3, 4, 5), act("relu"), act("sigmoid")),
+    "flatten_only": net((3, 4, 5), flatten()),
+    "tanh_then_conv": net((2, 6, 6), act("tanh"), conv(3, 3, padding=1)),
+    "lenet": lenet(),
+    "lenet_relu": lenet(relu=True),
+}
+
+
+@pytest.mark.parametrize("name", list(OP_CASES))
+def test_op_against_reference(name):
+    check(OP_CASES[name], torch_too=True)
+
+
+def test_reference_pool_matches_torch_ceil_divisor():
+    """The reference's avg-pool divisor rule is torch's (count_include_pad with ceil mode)."""
+    check(net((1, 5, 5), pool("avg", 2, 2, padding=1, ceil=True)), schedules=(), torch_too=True)
+    check(net((2, 6, 7), pool("avg", 3, 2, padding=1, ceil=True)), schedules=(), torch_too=True)
+
+
+# ----------------------------------------------------------------------------- (b) hypothesis vs torch
+
+
+@st.composite
+def conv_layer(draw, c_in, h, w):
+    """A conv layer spec valid for a ``c_in x h x w`` input."""
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    form = draw(st.sampled_from(["int", "pair", "quad", "same", "none"]))
+    if form == "same":
+        stride = (1, 1)
+    else:
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = {
+        "none": 0,
+        "int": draw(st.integers(0, 3)),
+        "pair": (draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+        "quad": tuple(draw(st.integers(0, 3)) for _ in range(4)),
+        "same": "same",
+    }[form]
+    pads = conv_padding(padding, (kh, kw), (dh, dw))
+    oh = out_size(h, kh, stride[0], dh, pads[0], pads[1])
+    ow = out_size(w, kw, stride[1], dw, pads[2], pads[3])
+    if oh < 1 or ow < 1:
+        kh = kw = dh = dw = 1
+        padding, stride = 0, (1, 1)
+    g = draw(st.sampled_from([d for d in (1, 2, 3, 4, c_in) if c_in % d == 0]))
+    c_out = g * draw(st.integers(1, max(1, 32 // g)))
+    return conv(c_out, (kh, kw), stride, padding, (dh, dw), g, draw(st.booleans()))
+
+
+@st.composite
+def pool_layer(draw, h, w):
+    kind = draw(st.sampled_from(["max", "avg"]))
+    kh, kw = draw(st.integers(1, min(5, h))), draw(st.integers(1, min(5, w)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
+    ceil = draw(st.booleans())
+    return pool(kind, (kh, kw), stride, padding, ceil)
+
+
+ACTS = st.sampled_from([None, "relu", "sigmoid", "tanh"])
+
+
+def _shape_after(spec, shape):
+    return spec[1](shape)[1]
+
+
+@st.composite
+def conv_net(draw):
+    """Two random conv(+act) layers and a random pool: several layer configs per compile."""
+    c, h, w = draw(st.integers(1, 32)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    shape = (c, h, w)
+    layers = []
+    for _ in range(2):
+        spec = draw(conv_layer(*shape))
+        layers.append(spec)
+        shape = _shape_after(spec, shape)
+        a = draw(ACTS)
+        if a:
+            layers.append(act(a))
+    if draw(st.booleans()):
+        spec = draw(pool_layer(shape[1], shape[2]))
+        layers.append(spec)
+        shape = _shape_after(spec, shape)
+        a = draw(ACTS)
+        if a:
+            layers.append(act(a))
+    return net((c, h, w), *layers), draw(st.integers(1, 17))
+
+
+@st.composite
+def head_net(draw):
+    """pool / global pool / flatten + dense / softmax heads."""
+    c, h, w = draw(st.integers(1, 32)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    layers = [conv(draw(st.integers(1, 32)), 1)]
+    shape = (layers[0][1]((c, h, w))[1])
+    if draw(st.booleans()):
+        spec = draw(pool_layer(shape[1], shape[2]))
+        layers.append(spec)
+        shape = _shape_after(spec, shape)
+    if draw(st.booleans()):
+        layers.append(gap())
+    layers.append(flatten())
+    for _ in range(draw(st.integers(0, 2))):
+        layers.append(dense(draw(st.integers(1, 40)), bias=draw(st.booleans())))
+        a = draw(ACTS)
+        if a:
+            layers.append(act(a))
+    if draw(st.booleans()):
+        layers.append(softmax())
+    return net((c, h, w), *layers), draw(st.integers(1, 17))
+
+
+def _differential(model, batch, seed):
+    cm = model.bind({})
+    rng = np.random.default_rng(seed)
+    w = random_weights(cm, rng)
+    x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
+    expect = torch_run(cm, w, x)
+    c = compile_model(cm)
+    got = c.run(x, c.pack_weights(w))
+    np.testing.assert_allclose(got, expect, rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=90, **SETTINGS)
+@given(conv_net(), st.integers(0, 2**31))
+def test_conv_pool_layers_match_torch(case, seed):
+    _differential(*case, seed)
+
+
+@settings(max_examples=35, **SETTINGS)
+@given(head_net(), st.integers(0, 2**31))
+def test_heads_match_torch(case, seed):
+    _differential(*case, seed)
+
+
+# ----------------------------------------------------------------------------- (d) asm, (e) threads, (f) batch
+
+
+def _host_vector_register() -> str:
+    return "zmm" if VEC.vector_width == 16 else "ymm" if VEC.vector_width == 8 else "xmm"
+
+
+def _function_asm(asm: str, prefix: str) -> list[str]:
+    """Bodies of the functions whose label starts with ``prefix``, up to their ``.Lfunc_end``."""
+    return re.findall(rf'^"?{re.escape(prefix)}\w*"?:\n(.*?)^\.Lfunc_end', asm, flags=re.M | re.S)
+
+
+def test_lenet_conv_asm_has_packed_fma():
+    c = compile_model(lenet().bind({}))
+    reg = _host_vector_register()
+    bodies = _function_asm(c.asm, "LeNet.conv_")
+    assert len(bodies) == 2, "conv kernels missing from the assembly"
+    for body in bodies:
+        fmas = re.findall(rf"vfmadd\d+ps\s+[^\n]*%{reg}\d+", body)
+        assert len(fmas) >= 8, body[:3000]
+    assert 'prefer-vector-width' in c.llvm_ir
+    assert len(c.object_code()) > 0
+
+
+def test_threads_agree():
+    cm = lenet().bind({})
+    c = compile_model(cm)
+    rng = np.random.default_rng(1)
+    w = c.pack_weights(random_weights(cm, rng))
+    x = rng.standard_normal((37, 1, 28, 28)).astype(np.float32)
+    one = c.run(x, w, threads=1)
+    np.testing.assert_array_equal(c.run(x, w, threads=2), one)
+    np.testing.assert_array_equal(c.run(x, w, threads=3), one)
+
+
+def test_batch_is_runtime():
+    cm = lenet(relu=True).bind({})
+    c = compile_model(cm, replace(VEC, batch_tile=4))
+    rng = np.random.default_rng(2)
+    wd = random_weights(cm, rng)
+    w = c.pack_weights(wd)
+    for n in (1, 2, 3, 4, 5, 9, 17):
+        x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+        np.testing.assert_allclose(c.run(x, w), run_reference(cm, wd, x), rtol=RTOL, atol=ATOL)
+    assert c.run(np.zeros((0, 1, 28, 28), np.float32), w).shape == (0, 10)
+
+
+@pytest.mark.parametrize("width", [1, 4, 8, 16])
+def test_schedule_widths_and_blocks(width):
+    """Any vector width / blocking computes the same function (16 lanes run split on AVX2)."""
+    s = replace(VEC, vector_width=width, oc_block=3, ow_block=4, dense_out_block=2, dense_batch_block=3,
+                batch_tile=5, oc_outer=False, unroll_kernel_w=False)
+    check(net((5, 11, 10), conv(19, 3, padding=(1, 0, 2, 1)), act("relu"), pool("max", 2, ceil=True),
+              flatten(), dense(21), act("tanh"), dense(5), softmax()), batch=7, schedules=(s,))
+
+
+# ----------------------------------------------------------------------------- exp and activations
+
+
+def _unary_program(op: str, width: int, n: int) -> L.Program:
+    body = (L.For("k", L.IConst(0), L.IConst(n), width, (
+        L.Store("output", L.IVar("k"), L.Unary(op, L.Load("input", L.IVar("k"), width))),)),)
+    k = L.Kernel("unary", ("input", "output"), ("n0", "nt"), body)
+    return L.Program("Unary", width, (L.Buffer("input", "input", n), L.Buffer("output", "output", n)), (k,),
+                     (L.Call("unary", (L.IConst(0), L.IVar("n"))),), 16, 16)
+
+
+def _run_unary(op: str, x: np.ndarray, width: int) -> np.ndarray:
+    import ctypes
+
+    from convdsl.codegen import codegen, entry_name
+    from convdsl.jit import JitModule
+
+    prog = _unary_program(op, width, x.size)
+    L.verify(prog)
+    jm = JitModule(codegen(prog))
+    y = np.empty_like(x)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64)(jm.address(entry_name(prog)))
+    pad = np.zeros(16, np.float32)
+    fn(x.ctypes.data, y.ctypes.data, pad.ctypes.data, pad.ctypes.data, 1)
+    return y
+
+
+@pytest.mark.parametrize("width", [1, VEC.vector_width])
+def test_exp_accuracy(width):
+    x = np.linspace(-87.0, 88.0, 1 << 16, dtype=np.float32)
+    y = _run_unary("exp", x, width).astype(np.float64)
+    rel = np.abs(y / np.exp(x.astype(np.float64)) - 1)
+    assert rel.max() < 3e-7, rel.max()
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "tanh", "relu"])
+def test_activation_saturation(op):
+    x = np.concatenate([np.array([-1e30, -1000, -100, -88, -30, 30, 88, 100, 1000, 1e30, 0.0], np.float32),
+                        np.linspace(-20, 20, 4093, dtype=np.float32)])
+    ref = {"sigmoid": lambda v: 0.5 * (1 + np.tanh(0.5 * v)), "tanh": np.tanh,
+           "relu": lambda v: np.maximum(v, 0)}[op](x.astype(np.float64))
+    for width in (1, VEC.vector_width):
+        y = _run_unary(op, x.copy(), width)
+        assert np.all(np.isfinite(y))
+        np.testing.assert_allclose(y, ref, rtol=RTOL, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- loop IR
+
+
+def test_loop_ir_prints_and_verifies():
+    c = compile_model(lenet().bind({}))
+    text = c.loops
+    assert "kernel conv_" in text and "fma(" in text and "bcast<" in text
+    L.verify(c.program)
+
+
+def test_verifier_rejects_bad_programs():
+    k = L.Kernel("k", ("output",), ("n0", "nt"), (L.Store("output", L.IVar("i"), L.FConst(0.0)),))
+    prog = L.Program("Bad", 8, (L.Buffer("output", "output", 4),), (k,), (), 16, 16)
+    with pytest.raises(L.VerifyError, match="unbound"):
+        L.verify(prog)
+    k2 = L.Kernel("k", ("output",), ("n0", "nt"), (
+        L.DeclLocal("a", 8, L.FConst(0.0, 8)),
+        L.Assign("a", L.FMA(L.Local("a"), L.FConst(1.0, 4), L.Local("a"))),))
+    with pytest.raises(L.VerifyError, match="width"):
+        L.verify(replace(prog, kernels=(k2,)))
+
+
+def test_pool_out_size_helper_matches_torch_rule():
+    """netbuild's ceil-mode size (drop a last window starting in the padding) is torch's."""
+    import torch
+
+    for n in range(1, 9):
+        for k in range(1, min(n, 4) + 1):
+            for s in range(1, 4):
+                for p in range(0, k // 2 + 1):
+                    for ceil in (False, True):
+                        y = torch.nn.functional.max_pool2d(torch.zeros(1, 1, n, 1), (k, 1), (s, 1), (p, 0),
+                                                           ceil_mode=ceil)
+                        assert pool_out_size(n, k, s, p, ceil) == y.shape[2], (n, k, s, p, ceil)
