@@ -1,3 +1,31 @@
-"""convdsl: a small language and optimising LLVM compiler for convolutional networks."""
+"""convdsl: a small language and optimising LLVM compiler for convolutional networks.
+
+    import convdsl
+    program = convdsl.load("examples/lenet.conv")          # parse + shape-check
+    net = convdsl.compile(program, weights="examples/lenet.npz")
+    y = net(x)                                              # numpy float32 [N, C, H, W] -> [N, 10]
+
+See ``convdsl.api`` for the full API and ``docs/`` for the language.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["load", "loads", "compile", "compile_code", "check_file", "check_source", "Program", "Network",
+           "CompileError", "BoundaryError", "Schedule"]
+
+_LAZY = {
+    "load": "api", "loads": "api", "compile": "api", "compile_code": "api", "Program": "api", "Network": "api",
+    "check_file": "frontend", "check_source": "frontend", "CompileError": "diagnostics",
+    "BoundaryError": "boundary", "Schedule": "schedule",
+}
+
+
+def __getattr__(name):
+    # Imported on first use, so that `convdsl check` does not pay for numpy and LLVM.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'convdsl' has no attribute {name!r}")

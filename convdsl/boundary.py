@@ -32,6 +32,18 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read an ``.npz`` of named arrays (never unpickling anything)."""
     path = os.fspath(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise BoundaryError(f"{path}: no such weights file") from None
+    except OSError as e:
+        raise BoundaryError(f"{path}: cannot read ({e.strerror})") from None
+    if magic == b"\x93NUMPY":
+        raise BoundaryError(f"{path}: holds a single array; weights are an .npz of named arrays "
+                            "(numpy.savez(path, **{'conv1.weight': ..., ...}))")
+    if not magic.startswith(b"PK"):
+        raise BoundaryError(f"{path}: not a valid .npz weights file (not a zip archive)")
+    try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise BoundaryError(f"{path}: not an .npz archive of named arrays")
@@ -137,7 +149,16 @@ def bind_input(model: CheckedModel, x: object, origin: str = "input") -> tuple[n
         if s in env and env[s] != n:
             raise BoundaryError(f"{origin}: {s} is both {env[s]} and {n}")
         env[s] = n
+    check_sizes(model, env, origin)
+    return np.ascontiguousarray(x, dtype=np.float32), env
+
+
+def check_sizes(model: CheckedModel, env: Mapping[str, int], origin: str = "sizes") -> None:
+    """Symbol values against ``valid_for``, ``where`` multiples and fixed values."""
     for s, n in env.items():
+        if s not in model.valid_for:
+            raise BoundaryError(f"{origin}: model {model.name} has no size '{s}' "
+                                f"(its symbols: {', '.join(model.valid_for)})")
         low = model.valid_for.get(s, 1)
         if s in model.fixed and n != model.fixed[s]:
             raise BoundaryError(f"{origin}: model {model.name} needs {s} == {model.fixed[s]}, got {n}")
@@ -147,4 +168,3 @@ def bind_input(model: CheckedModel, x: object, origin: str = "input") -> tuple[n
         k = model.multiple_of.get(s, 1)
         if n % k:
             raise BoundaryError(f"{origin}: model {model.name} needs {s} to be a multiple of {k}, got {n}")
-    return np.ascontiguousarray(x, dtype=np.float32), env

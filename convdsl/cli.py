@@ -22,6 +22,10 @@ class UsageError(Exception):
     pass
 
 
+class InputError(Exception):
+    """The program or its inputs are wrong; the message (if any) was not printed yet."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own exit code is already 2; keep its text short
         self.print_usage(sys.stderr)
@@ -48,7 +52,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_report(result), indent=2))
     else:
-        text = text_report(result)
+        text = text_report(result) if result.ok else ""
         if text:
             print(text)
         if result.diagnostics:
@@ -58,6 +62,207 @@ def cmd_check(args: argparse.Namespace) -> int:
             parts = [f"{n} {w}{'s' if n != 1 else ''}" for n, w in ((n_err, "error"), (n_warn, "warning")) if n]
             print(", ".join(parts) + " generated.", file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_INPUT
+
+
+def _program(path: str):
+    """Load and check a program for run/compile; errors print as diagnostics (exit 1)."""
+    from .api import Program
+
+    checked = _source(path)
+    if not checked.ok:
+        print(checked.render(), file=sys.stderr)
+        raise InputError(None)
+    if checked.result.warnings:
+        print(checked.render(checked.result.warnings), file=sys.stderr)
+    return Program(checked)
+
+
+def _pick_model(program, name: str | None):
+    try:
+        return program.model(name)
+    except KeyError as e:
+        raise UsageError(e.args[0]) from None
+
+
+def _sizes(text: str | None) -> dict[str, int]:
+    """``--size H=64,W=48`` -> {"H": 64, "W": 48}."""
+    out: dict[str, int] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, eq, val = part.partition("=")
+        if not eq or not key.strip().isidentifier() or not val.strip().lstrip("-").isdigit():
+            raise UsageError(f"--size takes NAME=INT pairs separated by commas, not {part!r}")
+        out[key.strip()] = int(val)
+    return out
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _default_input(model, args, sizes):
+    """The bundled digits where the model takes [N, 1, 28, 28], else a seeded random batch."""
+    import numpy as np
+
+    from . import symbolic as sy
+    from .data import load_digits
+
+    shape = model.input_shape
+    fits = len(shape) == 4 and shape[1] == 1 and all(
+        d == 28 or (not isinstance(d, int) and sy.free_symbols(d) <= {"H", "W"} and 28 >= model.valid_for.get(str(d), 1)
+                    and 28 % model.multiple_of.get(str(d), 1) == 0 and model.fixed.get(str(d), 28) == 28)
+        for d in shape[2:])
+    if fits and not sizes:
+        images, labels = load_digits()
+        return images, labels, f"{len(images)} bundled handwritten digits (held-out part of scikit-learn's load_digits)"
+    env = {s: v for s, v in model.valid_for.items() if s != "N"}
+    env.update(sizes)
+    from .boundary import check_sizes
+
+    check_sizes(model, env, "--size")
+    dims = [args.batch] + [sy.evaluate(d, {**env, "N": args.batch}) for d in shape[1:]]
+    rng = np.random.default_rng(args.seed)
+    x = rng.standard_normal(dims).astype(np.float32)
+    return x, None, f"a random batch of {args.batch} (seed {args.seed}), shape {list(dims)}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .api import compile as compile_network
+    from .boundary import BoundaryError, load_weights
+    from .schedule import Schedule
+
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    sizes = _sizes(args.size)
+    program = _program(args.file)
+    model = _pick_model(program, args.model)
+    try:
+        if args.weights is not None:
+            if not os.path.exists(args.weights):
+                raise UsageError(f"no such weights file: {args.weights}")
+            weights, wdesc = load_weights(args.weights), args.weights
+        else:
+            beside = os.path.splitext(args.file)[0] + ".npz"
+            if os.path.exists(beside):
+                weights, wdesc = load_weights(beside), beside
+            else:
+                weights, wdesc = None, None
+        if wdesc is None:
+            print(f"no weights given and no {os.path.basename(os.path.splitext(args.file)[0])}.npz beside the "
+                  f"program: using seeded random weights (PyTorch's default initialisation, seed {args.seed})")
+        else:
+            print(f"weights: {wdesc}")
+        labels = None
+        if args.input is not None:
+            if not os.path.exists(args.input):
+                raise UsageError(f"no such input file: {args.input}")
+            try:
+                x = np.load(args.input, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise BoundaryError(f"{args.input}: not a readable .npy array ({e})") from None
+            if not isinstance(x, np.ndarray):
+                raise BoundaryError(f"{args.input}: holds several arrays; --input takes one .npy array")
+            desc = f"{args.input}, shape {list(x.shape)}"
+        else:
+            x, labels, desc = _default_input(model, args, sizes)
+        print(f"input: {desc}")
+        net = compile_network(program, weights, model=model.name, seed=args.seed, cache=not args.no_cache,
+                              threads=args.threads)
+        if wdesc is not None:
+            net.weights_origin = wdesc
+        from .boundary import bind_input
+
+        arr, env = bind_input(model, x, args.input or "input")
+        env.pop("N", None)
+        binding = net.bind(env)
+        stats = binding.stats
+        how = "loaded from the compile cache" if stats.cache_hit else "compiled with LLVM"
+        sched = Schedule.for_host() if net.schedule is None else net.schedule
+        from .jit import host_target_machine  # noqa: F401  (imported for the CPU name below)
+        import llvmlite.binding as llvm
+
+        print(f"{how} in {_fmt_time(stats.seconds)} (model {model.name}, host {llvm.get_host_cpu_name()}, "
+              f"{sched.vector_width}-lane vectors)")
+        import time
+
+        y = net(arr)
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            net(arr)
+            times.append(time.perf_counter() - t)
+        times.sort()
+        med = times[len(times) // 2]
+        n = arr.shape[0]
+        print(f"run time: {_fmt_time(med)} for {n} image{'s' if n != 1 else ''} "
+              f"({_fmt_time(med / n)} per image, median of {args.repeat}, {net.threads} thread"
+              f"{'s' if net.threads != 1 else ''})")
+    except BoundaryError as e:
+        print(f"convdsl: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"output: shape {list(y.shape)}, float32")
+    rows = min(len(y), 3)
+    with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=60, edgeitems=5):
+        for i in range(rows):
+            print(f"  [{i}] {np.array2string(y[i].reshape(-1), separator=' ')}")
+    if rows < len(y):
+        print(f"  ... ({len(y) - rows} more rows)")
+    if labels is not None and y.ndim == 2 and y.shape[1] == 10:
+        pred = y.argmax(axis=1)
+        k = min(20, len(pred))
+        print("predicted: " + " ".join(str(p) for p in pred[:k]) + (" ..." if len(pred) > k else ""))
+        print("true:      " + " ".join(str(t) for t in labels[:k]) + (" ..." if len(labels) > k else ""))
+        correct = int((pred == labels).sum())
+        print(f"accuracy: {correct}/{len(labels)} = {100 * correct / len(labels):.1f}%")
+    if args.output:
+        try:
+            np.save(args.output, y)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
+        print(f"saved output to {args.output}")
+    return EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .api import compile_code
+    from .boundary import BoundaryError, check_sizes
+
+    program = _program(args.file)
+    model = _pick_model(program, args.model)
+    sizes = _sizes(args.size)
+    try:
+        check_sizes(model, {**{s: v for s, v in model.valid_for.items() if s != "N"}, **sizes}, "--size")
+    except BoundaryError as e:
+        print(f"convdsl: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    compiled, _ = compile_code(program, model, sizes, cache=not args.no_cache)
+    if args.emit == "obj":
+        data = compiled.object_code()
+        out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".o"
+    else:
+        data = (compiled.llvm_ir if args.emit == "llvm" else compiled.asm).encode()
+        out = args.output
+    if out is None or out == "-":
+        sys.stdout.write(data.decode())
+        return EXIT_OK
+    try:
+        with open(out, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror}") from None
+    print(f"wrote {out} ({len(data):,} bytes, {args.emit}, model {model.name})", file=sys.stderr)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +276,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     c.set_defaults(func=cmd_check)
 
+    r = sub.add_parser("run", help="compile a model to native code with LLVM and run it")
+    r.add_argument("file", metavar="FILE.conv")
+    r.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
+    r.add_argument("--weights", metavar="W.npz", help="weights as NAME.weight / NAME.bias arrays "
+                   "(default: FILE.npz beside the program, else seeded random weights)")
+    r.add_argument("--input", metavar="X.npy", help="input batch, float32 [N, C, H, W] "
+                   "(default: the bundled digits for [N, 1, 28, 28] models, else a random batch)")
+    r.add_argument("--batch", type=int, default=1, metavar="B", help="size of a random batch (default 1)")
+    r.add_argument("--output", metavar="Y.npy", help="save the output array")
+    r.add_argument("--seed", type=int, default=0, metavar="S", help="seed for random weights and inputs")
+    r.add_argument("--threads", type=int, metavar="T", help="worker threads (default: all cores)")
+    r.add_argument("--size", metavar="H=..,W=..", help="symbolic sizes for a random batch (default: the "
+                   "smallest valid ones)")
+    r.add_argument("--repeat", type=int, default=10, metavar="R", help="timed runs (median reported)")
+    r.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
+    r.set_defaults(func=cmd_run)
+
+    k = sub.add_parser("compile", help="write the optimised LLVM IR, assembly or an object file")
+    k.add_argument("file", metavar="FILE.conv")
+    k.add_argument("--emit", choices=("llvm", "asm", "obj"), required=True)
+    k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj)")
+    k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
+    k.add_argument("--size", metavar="H=..,W=..", help="bind symbolic sizes (default: the smallest valid)")
+    k.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
+    k.set_defaults(func=cmd_compile)
+
+
+
     return p
 
 
@@ -82,8 +315,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"convdsl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except InputError as e:
+        if e.args and e.args[0]:
+            print(f"convdsl: error: {e.args[0]}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (say `| head`) went away: not an error of ours.  Point stdout
+        # at devnull so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

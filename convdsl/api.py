@@ -1,0 +1,220 @@
+"""The documented Python API.
+
+    import convdsl, numpy as np
+
+    program = convdsl.load("examples/lenet.conv")       # parse + check (CompileError on errors)
+    net = convdsl.compile(program, weights="examples/lenet.npz")
+    y = net(np.zeros((8, 1, 28, 28), np.float32))        # -> float32 [8, 10]
+
+``load`` / ``loads`` run the front end; ``compile`` binds a checked model to
+its weights and returns a :class:`Network`, a callable that checks every input
+array before native code sees it.  Symbolic sizes (``H``, ``W``) are bound
+from each input array; every new binding is compiled once and kept in memory
+(and, through :mod:`convdsl.cache`, on disk).  The batch size is an argument of
+the compiled code, so a new ``N`` compiles nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .boundary import BoundaryError, bind_input, load_weights, random_weights, validate_weights
+from .check import CheckResult
+from .diagnostics import CompileError
+from .frontend import Checked, check_file, check_source
+from .model import CheckedModel
+from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Program:
+    """A checked ``.conv`` file: every model in it, ready to compile."""
+
+    checked: Checked
+
+    @property
+    def file(self) -> str:
+        return self.checked.file
+
+    @property
+    def result(self) -> CheckResult:
+        return self.checked.result
+
+    @property
+    def models(self) -> tuple[CheckedModel, ...]:
+        return self.result.models
+
+    @property
+    def warnings(self) -> str:
+        return self.checked.render(self.result.warnings)
+
+    def model(self, name: str | None = None) -> CheckedModel:
+        """The model called ``name``; by default the only or last one in the file."""
+        if name is None:
+            return self.models[-1]
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"{self.file} has no model '{name}' (it has: {', '.join(m.name for m in self.models)})")
+
+
+def _program(checked: Checked) -> Program:
+    if not checked.ok:
+        raise CompileError(checked.result.errors, {checked.file: checked.text})
+    return Program(checked)
+
+
+def load(path: str | os.PathLike) -> Program:
+    """Parse and check a ``.conv`` file; raise :class:`CompileError` (holding every diagnostic) if it is wrong."""
+    return _program(check_file(path))
+
+
+def loads(text: str, file: str = "<string>") -> Program:
+    """As :func:`load`, from source text."""
+    return _program(check_source(text, file))
+
+
+class Network:
+    """A compiled model with its weights: call it on a float32 ``[N, C, H, W]`` array."""
+
+    def __init__(self, program: Program, model: CheckedModel, weights: Mapping[str, np.ndarray] | None,
+                 weights_origin: str, *, seed: int = 0, schedule: Schedule | None = None,
+                 cache: bool = True, threads: int | None = None) -> None:
+        self.program = program
+        self.model = model
+        self.schedule = schedule or Schedule.for_host()
+        self.cache = cache
+        self.threads = threads or os.cpu_count() or 1
+        self.seed = seed
+        self.weights_origin = weights_origin
+        self._weights = None if weights is None else dict(weights)
+        self._bindings: dict[tuple[tuple[str, int], ...], _Binding] = {}
+        self._lock = threading.Lock()
+        self.last_compile: "CompileStats | None" = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self._weights is None
+
+    # ------------------------------------------------------------------ binding
+    def _env_of(self, x_shape: tuple[int, ...]) -> dict[str, int]:
+        env = {}
+        for d, n in zip(self.model.input_shape, x_shape):
+            if not isinstance(d, int):
+                env[str(d)] = int(n)
+        env.pop("N", None)
+        return env
+
+    def bind(self, sizes: Mapping[str, int] | None = None) -> "_Binding":
+        """Compile (or fetch) the code for the given symbol values (default: ``valid_for``)."""
+        env = {s: v for s, v in self.model.valid_for.items() if s != "N"}
+        env.update({k: v for k, v in (sizes or {}).items() if k != "N"})
+        key = tuple(sorted(env.items()))
+        with self._lock:
+            b = self._bindings.get(key)
+            if b is None:
+                b = self._bindings[key] = self._compile(env)
+        return b
+
+    def _compile(self, env: dict[str, int]) -> "_Binding":
+        if self._weights is None:
+            weights = random_weights(self.model, env, self.seed)
+        else:
+            weights = validate_weights(self.model, env, self._weights, self.weights_origin)
+        compiled, stats = compile_code(self.program, self.model, env, schedule=self.schedule, cache=self.cache)
+        self.last_compile = stats
+        return _Binding(compiled, compiled.pack_weights(weights), env, stats)
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, x: object, threads: int | None = None) -> np.ndarray:
+        """Run the network; ``x`` is checked (rank, dtype, sizes) before native code sees it."""
+        arr, env = bind_input(self.model, x)
+        env.pop("N", None)
+        b = self.bind(env)
+        t = self.threads if threads is None else threads
+        if t < 1:
+            raise BoundaryError(f"threads must be at least 1, got {t}")
+        out = b.compiled.run(arr, b.packed, threads=t)
+        return out.reshape((arr.shape[0], *b.compiled.output_shape))
+
+    # ------------------------------------------------------------------ introspection
+    def llvm_ir(self, sizes: Mapping[str, int] | None = None) -> str:
+        return self.bind(sizes).compiled.llvm_ir
+
+    def asm(self, sizes: Mapping[str, int] | None = None) -> str:
+        return self.bind(sizes).compiled.asm
+
+    def object_code(self, sizes: Mapping[str, int] | None = None) -> bytes:
+        return self.bind(sizes).compiled.object_code()
+
+    def loops(self, sizes: Mapping[str, int] | None = None) -> str:
+        """The loop-level IR the LLVM module was generated from."""
+        return self.bind(sizes).compiled.loops
+
+
+@dataclass(frozen=True)
+class CompileStats:
+    seconds: float
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class _Binding:
+    compiled: object  # backend.CompiledModel
+    packed: object  # backend.PackedWeights
+    env: Mapping[str, int]
+    stats: CompileStats
+
+
+def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int] | None = None, *,
+                 schedule: Schedule | None = None, cache: bool = True):
+    """Generate native code for ``model`` at the given symbol values (default: ``valid_for``).
+
+    Returns ``(backend.CompiledModel, CompileStats)``; no weights are needed.
+    """
+    from .backend import compile_model
+    from .cache import compile_cached
+
+    env = {s: v for s, v in model.valid_for.items() if s != "N"}
+    env.update({k: v for k, v in (sizes or {}).items() if k != "N"})
+    schedule = schedule or Schedule.for_host()
+    concrete = model.bind(env)
+    start = time.perf_counter()
+    if cache:
+        compiled, hit = compile_cached(concrete, schedule, program.checked.text)
+    else:
+        compiled, hit = compile_model(concrete, schedule), False
+    return compiled, CompileStats(time.perf_counter() - start, hit)
+
+
+def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+            *, model: str | None = None, seed: int = 0, schedule: Schedule | None = None, cache: bool = True,
+            threads: int | None = None) -> Network:
+    """Bind a checked model to its weights.
+
+    ``program``: a :class:`Program` or a path to a ``.conv`` file.  ``weights``:
+    a dict of arrays named ``LAYER.weight`` / ``LAYER.bias`` in PyTorch layouts,
+    a path to an ``.npz`` holding them, or None for seeded random weights
+    (PyTorch's default initialisation).  Weights are checked against the model
+    (names, shapes, dtypes) when a binding is compiled: a mismatch raises
+    :class:`~convdsl.boundary.BoundaryError` naming the layer, the expected and
+    the found shape.  Code is generated on the first call (or ``bind``).
+    """
+    if not isinstance(program, Program):
+        program = load(program)
+    m = program.model(model)
+    origin = "weights"
+    if isinstance(weights, (str, os.PathLike)):
+        origin = os.fspath(weights)
+        weights = load_weights(weights)
+    net = Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads)
+    if weights is not None and all(isinstance(d, int) for shape in m.weight_shapes().values() for d in shape):
+        # Fail early where the weight shapes do not depend on the input size.
+        validate_weights(m, {s: v for s, v in m.valid_for.items() if s != "N"}, weights, origin)
+    return net
