@@ -56,12 +56,10 @@ class Program:
 
     def model(self, name: str | None = None) -> CheckedModel:
         """The model called ``name``; by default the only or last one in the file."""
-        if name is None:
-            return self.models[-1]
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise KeyError(f"{self.file} has no model '{name}' (it has: {', '.join(m.name for m in self.models)})")
+        try:
+            return self.result.model(name)
+        except KeyError as e:
+            raise KeyError(f"{self.file}: {e.args[0]}") from None
 
 
 def _program(checked: Checked) -> Program:

@@ -78,12 +78,13 @@ class CheckResult:
 
     def model(self, name: str | None = None) -> CheckedModel:
         """The named model, or the last one in the file."""
-        if name is None:
+        if name is None and self.models:
             return self.models[-1]
         for m in self.models:
             if m.name == name:
                 return m
-        raise KeyError(name)
+        known = ", ".join(m.name for m in self.models) or "none"
+        raise KeyError(f"no model '{name}' (the file's models: {known})")
 
 
 class _Abort(Exception):
@@ -200,8 +201,7 @@ class Checker:
         if not self.program.models and not self.diags:
             span = Span(self.program.file, 1, 1, 1, 2)
             self.err("no-model", "the file defines no model", span, None)
-        errors = [d for d in self.diags if d.severity == "error"]
-        return CheckResult(tuple(models) if not errors else tuple(models), tuple(_dedupe(self.diags)))
+        return CheckResult(tuple(models), tuple(_dedupe(self.diags)))
 
     def _check_ops_exist(self, stmts: tuple[ast.Stmt, ...]) -> None:
         """Unknown ops in a block body, once per line (whether or not the block is used)."""
@@ -615,8 +615,10 @@ class Checker:
         return tuple(notes)
 
     # ------------------------------------------------------------ arguments
-    def _bind_args(self, ly: ast.Layer, scope: _Scope) -> dict[str, _Value]:
-        positional, defaults = _SIGNATURES[ly.op]
+    def _match_args(self, ly: ast.Layer, positional: tuple[str, ...], keys: Iterable[str], owner: str,
+                    scope: _Scope, *notes: Note) -> dict[str, _Value]:
+        """Match a call's arguments to parameter names (positional first, then key=value)."""
+        keys = list(keys)
         bound: dict[str, _Value] = {}
         seen_kw = False
         for i, a in enumerate(ly.args):
@@ -626,29 +628,34 @@ class Checker:
                              a.span, scope)
                     raise _Abort
                 if i >= len(positional):
-                    if not positional:
-                        msg = f"{ly.op} takes no arguments"
-                    else:
-                        msg = (f"{ly.op} takes at most {len(positional)} positional argument"
-                               f"{'s' if len(positional) > 1 else ''} ({', '.join(positional)})")
-                    self.err("bad-argument", msg, a.span, scope)
+                    plural = "s" if len(positional) != 1 else ""
+                    msg = (f"{owner} takes no arguments" if not positional else
+                           f"{owner} takes at most {len(positional)} positional argument{plural} "
+                           f"({', '.join(positional)})")
+                    self.err("bad-argument", msg, a.span, scope, *notes)
                     raise _Abort
                 key = positional[i]
             else:
                 seen_kw = True
                 key = a.key
-                if key not in defaults:
-                    hint = _suggest(key, defaults)
-                    self.err("unknown-argument", f"{ly.op} has no argument '{key}'", a.key_span or a.span, scope,
+                if key not in keys:
+                    hint = _suggest(key, keys)
+                    self.err("unknown-argument", f"{owner} has no argument '{key}'", a.key_span or a.span, scope,
                              Note(f"did you mean '{hint}'?") if hint else
-                             Note(f"{ly.op} takes " + (", ".join(defaults) if defaults else "no arguments")))
+                             Note(f"{owner} takes " + (", ".join(keys) if keys else "no arguments")), *notes)
                     raise _Abort
             if key in bound:
                 self.err("bad-argument", f"argument '{key}' is given twice", a.span, scope)
                 raise _Abort
             bound[key] = self._value(a.value, scope)
+        return bound
+
+    def _bind_args(self, ly: ast.Layer, scope: _Scope) -> dict[str, _Value]:
+        positional, defaults = _SIGNATURES[ly.op]
+        bound = self._match_args(ly, positional, defaults, ly.op, scope)
         for key, default in defaults.items():
-            if default is None and key not in bound and not (key == "stride"):
+            # A pool's stride defaults to its kernel: required-looking, but not required.
+            if default is None and key not in bound and key != "stride":
                 self.err("bad-argument", f"{ly.op} needs the argument '{key}'", ly.args_span or ly.op_span, scope,
                          Note(_USAGE[ly.op]))
                 raise _Abort
@@ -865,32 +872,9 @@ class Checker:
         if block.name in scope.stack or block.name in self._cyclic():
             raise _Abort  # recursion: already reported
         pnames = [p.name for p in block.params]
+        defined = Note("the block is defined here", block.span)
         values: dict[str, Dim] = {}
-        seen_kw = False
-        for i, a in enumerate(ly.args):
-            if a.key is None:
-                if seen_kw:
-                    self.err("bad-argument", "a positional argument cannot follow a keyword argument", a.span, scope)
-                    raise _Abort
-                if i >= len(pnames):
-                    self.err("bad-argument", f"block '{block.name}' takes {len(pnames)} argument"
-                             f"{'s' if len(pnames) != 1 else ''} ({', '.join(pnames)})", a.span, scope,
-                             Note("the block is defined here", block.span))
-                    raise _Abort
-                key = pnames[i]
-            else:
-                seen_kw = True
-                key = a.key
-                if key not in pnames:
-                    hint = _suggest(key, pnames)
-                    self.err("unknown-argument", f"block '{block.name}' has no parameter '{key}'",
-                             a.key_span or a.span, scope, *([Note(f"did you mean '{hint}'?")] if hint else []),
-                             Note("the block is defined here", block.span))
-                    raise _Abort
-            if key in values:
-                self.err("bad-argument", f"argument '{key}' is given twice", a.span, scope)
-                raise _Abort
-            v = self._value(a.value, scope)
+        for key, v in self._match_args(ly, tuple(pnames), pnames, f"block '{block.name}'", scope, defined).items():
             if v.kind != "int":
                 self._int(v, "a block argument", scope, -(10 ** 9))  # reports unknown names
                 self.err("bad-argument", f"block arguments are integers, not {v.text()}", v.span, scope)
@@ -899,8 +883,7 @@ class Checker:
         missing = [p for p in pnames if p not in values]
         if missing:
             self.err("bad-argument", f"block '{block.name}' needs the argument{'s' if len(missing) > 1 else ''} "
-                     + ", ".join(f"'{m}'" for m in missing), ly.args_span or ly.op_span, scope,
-                     Note("the block is defined here", block.span))
+                     + ", ".join(f"'{m}'" for m in missing), ly.args_span or ly.op_span, scope, defined)
             raise _Abort
         symbols = dict(scope.symbols)
         if block.signature is not None:
