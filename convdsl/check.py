@@ -632,7 +632,9 @@ class Checker:
                     msg = (f"{owner} takes no arguments" if not positional else
                            f"{owner} takes at most {len(positional)} positional argument{plural} "
                            f"({', '.join(positional)})")
-                    self.err("bad-argument", msg, a.span, scope, *notes)
+                    rest = [k for k in keys if k not in positional]
+                    hint = (Note(f"give the others by name: " + ", ".join(f"{k}=..." for k in rest)),) if rest else ()
+                    self.err("bad-argument", msg, a.span, scope, *hint, *notes)
                     raise _Abort
                 key = positional[i]
             else:
