@@ -21,7 +21,9 @@ The parse tree is then turned into ``convdsl.ast`` nodes by :class:`_Builder`.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import lark
@@ -51,10 +53,18 @@ def get_parser() -> Lark:
         cache = str(where / f"grammar-lark-{lark.__version__}.cache") if where else False
         options = dict(parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=False)
         try:
-            _LARK = Lark.open_from_package("convdsl.grammar", "convdsl.lark", cache=cache, **options)
+            _LARK = _open_grammar(cache=cache, **options)
         except (OSError, EOFError, ValueError):  # an unreadable or truncated cache file
-            _LARK = Lark.open_from_package("convdsl.grammar", "convdsl.lark", **options)
+            _LARK = _open_grammar(**options)
     return _LARK
+
+
+def _open_grammar(**options) -> Lark:
+    if importlib.util.find_spec("convdsl.grammar") is not None:
+        return Lark.open_from_package("convdsl.grammar", "convdsl.lark", **options)
+    # A source checkout imported without installing it (``python -m convdsl``
+    # from the repository root): grammar/ sits beside the package directory.
+    return Lark.open(str(Path(__file__).resolve().parent.parent / "grammar" / "convdsl.lark"), **options)
 
 
 def parse(text: str, file: str = "<input>") -> tuple[ast.Program | None, list[Diagnostic]]:
