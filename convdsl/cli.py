@@ -224,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("predicted: " + " ".join(str(p) for p in pred[:k]) + (" ..." if len(pred) > k else ""))
         print("true:      " + " ".join(str(t) for t in labels[:k]) + (" ..." if len(labels) > k else ""))
         correct = int((pred == labels).sum())
-        print(f"accuracy: {correct}/{len(labels)} = {100 * correct / len(labels):.1f}%")
+        note = " (random weights: chance is 10%)" if net.random_weights else ""
+        print(f"accuracy: {correct}/{len(labels)} = {100 * correct / len(labels):.1f}%{note}")
     if args.output:
         try:
             np.save(args.output, y)
@@ -302,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
     k.set_defaults(func=cmd_compile)
 
+    from .bench import add_bench_parser  # stdlib-only at import; numpy/torch load when bench runs
 
+    add_bench_parser(sub)
 
     return p
 
