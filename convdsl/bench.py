@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
+from .report import format_seconds
 
 ENGINES = ("convdsl", "torch", "torch-compile", "onnxruntime", "numpy")
 COMPETITORS = ENGINES[1:]
@@ -903,16 +904,8 @@ def _layer_times(program, model, env, net, weights, x, batch, threads, opts, say
 
 
 # ====================================================================== text output
-def _fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
-
-
 def _fmt_signed_time(seconds: float) -> str:
-    return ("-" if seconds < 0 else "") + _fmt_time(abs(seconds))
+    return ("-" if seconds < 0 else "") + format_seconds(abs(seconds))
 
 
 def render(report: Mapping[str, Any]) -> str:
@@ -959,7 +952,7 @@ def render(report: Mapping[str, Any]) -> str:
         agree = "reference" if r["engine"] == "convdsl" else (f"yes ({diff})" if r["agrees"]
                                                              else f"NO  ({diff})  <-- disagrees")
         ratio = r.get("ratio_vs_convdsl")
-        lines.append(f"{name:<15} {r['threads']:>7} {r['batch']:>6} {_fmt_time(r['median_s']):>10} "
+        lines.append(f"{name:<15} {r['threads']:>7} {r['batch']:>6} {format_seconds(r['median_s']):>10} "
                      f"{r['images_per_s']:>11,.0f} {r['gflops']:>8.2f} {pct:>7} "
                      f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>10}  {agree}")
     lines.append("-" * len(head))
@@ -969,11 +962,11 @@ def render(report: Mapping[str, Any]) -> str:
     lines.append("")
     for s in report.get("summary", []):
         t = s["threads"]
-        pre = f"batch {s['batch']:>5}, {t} thread{'s' if t != 1 else ' '}: convdsl {_fmt_time(s['convdsl_s'])}"
+        pre = f"batch {s['batch']:>5}, {t} thread{'s' if t != 1 else ' '}: convdsl {format_seconds(s['convdsl_s'])}"
         if "best_competitor" in s:
             sp = s["speedup"]
             verdict = f"convdsl {sp:.2f}x faster" if sp >= 1 else f"convdsl {1 / sp:.2f}x SLOWER"
-            lines.append(f"{pre} vs {s['best_competitor']} {_fmt_time(s['best_competitor_s'])} -> {verdict}")
+            lines.append(f"{pre} vs {s['best_competitor']} {format_seconds(s['best_competitor_s'])} -> {verdict}")
         else:
             lines.append(f"{pre} (no competitor ran)")
     for lr in report.get("layers", []):
@@ -990,15 +983,15 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("-" * len(h))
         for row in lr["rows"]:
             share = f"{100 * row['layer_s'] / total:.1f}%" if total > 0 else "-"
-            line = (f"{row['layer']:<16} {row['op'][:32]:<32} {_fmt_time(row['cumulative_s']):>11} "
+            line = (f"{row['layer']:<16} {row['op'][:32]:<32} {format_seconds(row['cumulative_s']):>11} "
                     f"{_fmt_signed_time(row['layer_s']):>11} {share:>7}")
             if native:
                 ns = row.get("native_s")
-                line += f" {(_fmt_time(ns) if ns is not None else '(fused)'):>11}"
+                line += f" {(format_seconds(ns) if ns is not None else '(fused)'):>11}"
             lines.append(line)
         for k, v in lr.get("native_other", {}).items():
             lines.append(f"{k:<16} {'(copy ' + ('in)' if k == 'input' else 'out)') if k in ('input', 'output') else '':<32} "
-                         f"{'':>11} {'':>11} {'':>7} {_fmt_time(v):>11}")
+                         f"{'':>11} {'':>11} {'':>7} {format_seconds(v):>11}")
         lines.append("-" * len(h))
         if native:
             lines.append("native: the back end's own cycle counters per stage (one thread); '(fused)': "

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from . import __version__
 from .frontend import Checked, check_file
+from .report import format_seconds
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
@@ -95,14 +96,6 @@ def _sizes(text: str | None) -> dict[str, int]:
             raise UsageError(f"--size takes NAME=INT pairs separated by commas, not {part!r}")
         out[key.strip()] = int(val)
     return out
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
 
 
 def _default_input(model, args, sizes):
@@ -192,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .jit import host_target_machine  # noqa: F401  (imported for the CPU name below)
         import llvmlite.binding as llvm
 
-        print(f"{how} in {_fmt_time(stats.seconds)} (model {model.name}, host {llvm.get_host_cpu_name()}, "
+        print(f"{how} in {format_seconds(stats.seconds)} (model {model.name}, host {llvm.get_host_cpu_name()}, "
               f"{sched.vector_width}-lane vectors)")
         import time
 
@@ -205,8 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         times.sort()
         med = times[len(times) // 2]
         n = arr.shape[0]
-        print(f"run time: {_fmt_time(med)} for {n} image{'s' if n != 1 else ''} "
-              f"({_fmt_time(med / n)} per image, median of {args.repeat}, {net.threads} thread"
+        print(f"run time: {format_seconds(med)} for {n} image{'s' if n != 1 else ''} "
+              f"({format_seconds(med / n)} per image, median of {args.repeat}, {net.threads} thread"
               f"{'s' if net.threads != 1 else ''})")
     except BoundaryError as e:
         print(f"convdsl: error: {e}", file=sys.stderr)

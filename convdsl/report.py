@@ -14,6 +14,15 @@ from .model import CheckedModel, Conv, Layer
 from .symbolic import Dim
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration with a unit a person reads at a glance (µs, ms or s)."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
 def _num(d: Dim) -> str:
     return f"{d:,}" if isinstance(d, int) else sy.to_str(d)
 
