@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
+
 from .report import format_seconds
 
 ENGINES = ("convdsl", "torch", "torch-compile", "onnxruntime", "numpy")
