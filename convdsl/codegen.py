@@ -9,9 +9,16 @@ does not model).
   ``noalias`` pointers (they are disjoint regions) and ``(n0, nt)``;
 * ``<V x float>`` vector types are explicit, FMA is ``llvm.fma``;
 * mutable locals are ``alloca``\\ s in the entry block (promoted to registers
-  by SROA / mem2reg at O3);
+  by SROA / mem2reg at O3); locals never assigned after their declaration are
+  plain SSA values;
 * the entry function ``<model>_forward(input*, output*, weights*, scratch*,
-  i64 n)`` offsets the arenas and walks the batch tiles.
+  i64 n)`` offsets the arenas and walks the batch tiles;
+  ``<model>_forward_arrays`` is the same for two numpy array objects (see
+  :func:`arrays_entry_name`); with profiling, timed calls add
+  ``llvm.readcyclecounter`` deltas to int64 counters in scratch and
+  ``<model>_cycles()`` reads the counter (to calibrate it);
+* integer index expressions are value-numbered per scope, so the IR handed
+  to LLVM stays small (compile time).
 
 ``exp`` is computed in IR, for scalars and vectors alike: clamp ``x`` to
 ``[-87.33, 88.37]`` (so the result stays a normal float and saturates
@@ -20,7 +27,10 @@ in a high and a low part, Cody-Waite), ``e^r`` by its degree-7 Taylor
 polynomial in Horner form with FMAs (truncation < 5e-9 on ``|r| <= ln2/2``),
 scaled by ``2^n`` built in the exponent bits.  Measured maximum relative
 error against numpy's float64 ``exp`` over ``[-87, 88]``: below 3e-7
-(about 2.5 ulp; see ``tests/test_backend.py::test_exp_accuracy``).
+(about 2.5 ulp; see ``tests/test_backend.py::test_exp_accuracy``).  The
+sigmoid ``1 / (1 + e^-x)`` uses degree 5 (truncation < 2.5e-6): its ``e^-x`` is
+only added to 1, so that bounds the sigmoid's relative error too, at two FMAs
+less per vector.
 """
 
 from __future__ import annotations
@@ -61,8 +71,46 @@ class _FnAttrs(FunctionAttributes):
         return name
 
 
+def _walk(body: tuple[L.Stmt, ...]):
+    for s in body:
+        yield s
+        if isinstance(s, L.For):
+            yield from _walk(s.body)
+
+
 def entry_name(prog: L.Program) -> str:
     return re.sub(r"\W", "_", prog.name) + "_forward"
+
+
+def cycles_name(prog: L.Program) -> str:
+    """``i64 ()``: the cycle counter (emitted with profiling, to calibrate cycles to seconds)."""
+    return re.sub(r"\W", "_", prog.name) + "_cycles"
+
+
+def arrays_entry_name(prog: L.Program) -> str:
+    """``(xobj*, yobj*, weights*, scratch*, n, off)``: the entry for two numpy array objects, whose
+    data pointers sit ``off`` bytes into the objects (the caller checks ``off`` once): it saves the
+    Python side two ``__array_interface__`` look-ups per call."""
+    return re.sub(r"\W", "_", prog.name) + "_forward_arrays"
+
+
+def _arrays_entry(module: ir.Module, prog: L.Program, entry: ir.Function) -> None:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64, I64]),
+                     name=arrays_entry_name(prog))
+    _attrs(fn, prog)
+    xo, yo, w, s, n, off = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    x = b.load(b.gep(xo, [off], inbounds=True, source_etype=ir.IntType(8)), typ=PTR, align=8)
+    y = b.load(b.gep(yo, [off], inbounds=True, source_etype=ir.IntType(8)), typ=PTR, align=8)
+    b.call(entry, [x, y, w, s, n])
+    b.ret_void()
+
+
+def _cycle_counter(module: ir.Module) -> ir.Function:
+    fn = module.globals.get("llvm.readcyclecounter")
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(I64, []), name="llvm.readcyclecounter")
+    return fn
 
 
 def _vec(width: int) -> ir.Type:
@@ -86,6 +134,12 @@ class _FnGen:
         self.scopes_i: list[dict[str, ir.Value]] = [dict(ints)]
         self.scopes_l: list[dict[str, tuple[ir.Value, int]]] = [{}]
         self.loop_id = 0
+        self.assigned: set[str] = set()  # locals that some Assign changes (those get a stack slot)
+        self.consts: dict[int, ir.Constant] = {}
+
+    def block_of_function(self, body: tuple[L.Stmt, ...]) -> None:
+        self.assigned = {s.name for s in _walk(body) if isinstance(s, L.Assign)}
+        self.block(body)
 
     def finish(self) -> None:
         self.b.ret_void()
@@ -116,35 +170,62 @@ class _FnGen:
         return fn
 
     # -- index expressions
+    def iconst(self, v: int) -> ir.Value:
+        c = self.consts.get(v)
+        if c is None:
+            c = self.consts[v] = ir.Constant(I64, v)
+        return c
+
     def index(self, e: L.Index) -> ir.Value:
-        b = self.b
+        """``e`` as an ``i64``, by value numbering: an operation on the same operand values is
+        emitted once per scope and reused (keyed by the operands' identities, so no deep hashing).
+
+        Sound because no name is ever rebound while an earlier binding is live (the verifier
+        forbids shadowing; unrolled iterations bind their variable in a scope popped after each
+        iteration), and an entry lives in the innermost scope, popped no later than the values it
+        used.  It keeps the IR (and so the optimiser's work) small."""
         match e:
             case L.IConst(value=v):
-                return ir.Constant(I64, v)
+                return self.iconst(v)
             case L.IVar(name=n):
                 return self.ivar(n)
             case L.IBin(op=op, a=x, b=y):
                 va, vb = self.index(x), self.index(y)
                 if isinstance(va, ir.Constant) and isinstance(vb, ir.Constant) and op != "min":
                     pyop = {"add": int.__add__, "sub": int.__sub__, "mul": int.__mul__}[op]
-                    return ir.Constant(I64, pyop(va.constant, vb.constant))
-                match op:
-                    case "add":
-                        return b.add(va, vb)
-                    case "sub":
-                        return b.sub(va, vb)
-                    case "mul":
-                        return b.mul(va, vb)
-                    case "min":
-                        return b.select(b.icmp_signed("<", va, vb), va, vb)
-                raise AssertionError(op)
+                    return self.iconst(pyop(va.constant, vb.constant))
+                key: tuple = (op, id(va), id(vb))
             case L.IDivC(a=x, c=c, mod=m):
                 va = self.index(x)
                 if isinstance(va, ir.Constant):
-                    return ir.Constant(I64, va.constant % c if m else va.constant // c)
-                return b.urem(va, ir.Constant(I64, c)) if m else b.udiv(va, ir.Constant(I64, c))
+                    return self.iconst(va.constant % c if m else va.constant // c)
+                vb = self.iconst(c)
+                op = "urem" if m else "udiv"
+                key = (op, id(va), c)
             case _:
                 assert_never(e)
+        for sc in reversed(self.scopes_i):
+            v = sc.get(key)  # type: ignore[call-overload]
+            if v is not None:
+                return v
+        b = self.b
+        match op:
+            case "add":
+                v = b.add(va, vb)
+            case "sub":
+                v = b.sub(va, vb)
+            case "mul":
+                v = b.mul(va, vb)
+            case "min":
+                v = b.select(b.icmp_signed("<", va, vb), va, vb)
+            case "urem":
+                v = b.urem(va, vb)
+            case "udiv":
+                v = b.udiv(va, vb)
+            case _:
+                raise AssertionError(op)
+        self.scopes_i[-1][key] = v  # type: ignore[index]
+        return v
 
     # -- float values
     def splat(self, x: ir.Value, width: int) -> ir.Value:
@@ -169,14 +250,17 @@ class _FnGen:
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
         return self.b.call(self.intrinsic("llvm.fma", self.width_of(a)), [a, b, c])
 
-    def exp(self, x: ir.Value) -> ir.Value:
+    def exp(self, x: ir.Value, degree: int = 7) -> ir.Value:
+        """``e^x``; ``degree`` 7 (relative error < 3e-7) or 5 (< 3e-6, enough where the result is
+        only added to 1, as in the sigmoid)."""
         b, w = self.b, self.width_of(x)
         x = self.fmin(self.fmax(x, self.const(EXP_LO, w)), self.const(EXP_HI, w))
         n = b.call(self.intrinsic("llvm.rint", w), [b.fmul(x, self.const(LOG2E, w))])
         r = self.fma(n, self.const(-LN2_HI, w), x)
         r = self.fma(n, self.const(-LN2_LO, w), r)
-        p = self.const(1.0 / 5040.0, w)
-        for k in (720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
+        facts = (5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0)[7 - degree:]
+        p = self.const(1.0 / facts[0], w)
+        for k in facts[1:]:
             p = self.fma(p, r, self.const(1.0 / k, w))
         it = I32 if w == 1 else ir.VectorType(I32, w)
         ni = b.fptosi(n, it)
@@ -196,6 +280,8 @@ class _FnGen:
                 return self.splat(self.value(x), w)
             case L.Local(name=n):
                 slot, w = self.local(n)
+                if slot.type != PTR:  # never assigned: the SSA value itself
+                    return slot
                 return b.load(slot, typ=_vec(w))
             case L.FMA(a=x, b=y, c=z):
                 return self.fma(self.value(x), self.value(y), self.value(z))
@@ -225,7 +311,7 @@ class _FnGen:
                     case "relu":
                         return self.fmax(va, self.const(0.0, w))
                     case "sigmoid":
-                        return b.fdiv(one, b.fadd(one, self.exp(b.fneg(va))))
+                        return b.fdiv(one, b.fadd(one, self.exp(b.fneg(va), degree=5)))
                     case "tanh":
                         t = self.exp(b.fmul(va, self.const(2.0, w)))
                         return b.fdiv(b.fsub(t, one), b.fadd(t, one))
@@ -294,19 +380,36 @@ class _FnGen:
             case L.LetIndex(name=n, value=e):
                 self.scopes_i[-1][n] = self.index(e)
             case L.DeclLocal(name=n, width=w, init=e):
+                if n not in self.assigned:  # immutable: no stack slot (less IR to optimise)
+                    self.scopes_l[-1][n] = (self.value(e), w)
+                    return
                 slot = self.alloca_b.alloca(_vec(w), name=n)
                 b.store(self.value(e), slot)
                 self.scopes_l[-1][n] = (slot, w)
             case L.Assign(name=n, value=e):
                 slot, _ = self.local(n)
                 b.store(self.value(e), slot)
-            case L.Store(buf=name, index=i, value=e):
+            case L.Store(buf=name, index=i, value=e, lanes=k):
                 val = self.value(e)
                 p = b.gep(self.ptrs[name], [self.index(i)], inbounds=True, source_etype=F32)
-                b.store(val, p, align=4)
-            case L.Call(kernel=k, args=args):
+                if k and k < self.width_of(val):
+                    for lane in range(k):  # a partial vector: its lanes one by one
+                        q = b.gep(p, [ir.Constant(I64, lane)], inbounds=True, source_etype=F32)
+                        b.store(b.extract_element(val, ir.Constant(I32, lane)), q, align=4)
+                else:
+                    b.store(val, p, align=4)
+            case L.Call(kernel=k, args=args, timer=t):
                 fn, bufs = self.kernels[k]
-                b.call(fn, [self.ptrs[x] for x in bufs] + [self.index(a) for a in args])
+                argv = [self.ptrs[x] for x in bufs] + [self.index(a) for a in args]
+                if t < 0:
+                    b.call(fn, argv)
+                    return
+                clock = _cycle_counter(self.module)
+                t0 = b.call(clock, [])
+                b.call(fn, argv)
+                t1 = b.call(clock, [])
+                slot = b.gep(self.ptrs[L.PROFILE_BUFFER], [ir.Constant(I64, t)], inbounds=True, source_etype=I64)
+                b.store(b.add(b.load(slot, typ=I64, align=8), b.sub(t1, t0)), slot, align=8)
             case L.Comment():
                 pass
             case _:
@@ -345,7 +448,7 @@ def codegen(prog: L.Program) -> ir.Module:
         ptrs = dict(zip(k.buffers, fn.args))
         ints = dict(zip(k.params, fn.args[len(k.buffers):]))
         g = _FnGen(module, fn, ptrs, ints, kernels)
-        g.block(k.body)
+        g.block_of_function(k.body)
         g.finish()
 
     fty = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, PTR, I64])
@@ -367,6 +470,11 @@ def codegen(prog: L.Program) -> ir.Module:
                 g.ptrs[buf.name] = g.b.gep(w, [ir.Constant(I64, buf.offset)], inbounds=True, source_etype=F32)
             case "scratch":
                 g.ptrs[buf.name] = g.b.gep(s, [ir.Constant(I64, buf.offset)], inbounds=True, source_etype=F32)
-    g.block(prog.entry)
+    g.block_of_function(prog.entry)
     g.finish()
+    _arrays_entry(module, prog, fn)
+    if any(b.name == L.PROFILE_BUFFER for b in prog.buffers):
+        fn = ir.Function(module, ir.FunctionType(I64, []), name=cycles_name(prog))
+        cb = ir.IRBuilder(fn.append_basic_block("entry"))
+        cb.ret(cb.call(_cycle_counter(module), []))
     return module

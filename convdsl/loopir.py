@@ -231,15 +231,25 @@ class Assign:
 
 @dataclass(frozen=True, slots=True)
 class Store:
+    """``buf[index : +width] = value``; ``lanes > 0`` stores only the first ``lanes`` lanes."""
+
     buf: str
     index: Index
     value: Value
+    lanes: int = 0
+
+
+PROFILE_BUFFER = "profile.cycles"  # scratch buffer of int64 cycle counters (``Call.timer`` slots)
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
+    """A kernel call; ``timer >= 0`` adds its cycle count (``llvm.readcyclecounter``) to int64 slot
+    ``timer`` of the :data:`PROFILE_BUFFER` (entry only)."""
+
     kernel: str
     args: tuple[Index, ...]  # the kernel's integer parameters; buffers are passed implicitly
+    timer: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +324,9 @@ def verify(prog: Program) -> None:
             limit = prog.weights_size if b.kind == "weights" else prog.scratch_size
             if not (0 <= b.offset and b.offset + b.size <= limit):
                 raise VerifyError(f"buffer {b.name} outside its arena")
+    timers = [s.timer for s in _walk(prog.entry) if isinstance(s, Call) and s.timer >= 0]
+    if timers and (PROFILE_BUFFER not in bufs or 2 * (max(timers) + 1) > bufs[PROFILE_BUFFER].size):
+        raise VerifyError(f"timed calls need a {PROFILE_BUFFER} scratch buffer of 2 floats per timer")
     kernels = {k.name: k for k in prog.kernels}
     for k in prog.kernels:
         for bn in k.buffers:
@@ -321,6 +334,13 @@ def verify(prog: Program) -> None:
                 raise VerifyError(f"kernel {k.name}: unknown buffer {bn}")
         _verify_block(k.body, set(k.params), {}, set(k.buffers), kernels, f"kernel {k.name}")
     _verify_block(prog.entry, {"n"}, {}, set(), kernels, "entry")
+
+
+def _walk(body: tuple[Stmt, ...]):
+    for s in body:
+        yield s
+        if isinstance(s, For):
+            yield from _walk(s.body)
 
 
 def _verify_index(e: Index, ints: set[str], where: str) -> None:
@@ -420,11 +440,12 @@ def _verify_block(body: tuple[Stmt, ...], ints: set[str], locs: dict[str, int], 
                     raise VerifyError(f"{where}: assignment to undeclared {n!r}")
                 if _width(e, ints, locs, bufs, where) != locs[n]:
                     raise VerifyError(f"{where}: assignment to {n!r} changes its width")
-            case Store(buf=b, index=i, value=e):
+            case Store(buf=b, index=i, value=e, lanes=k):
                 if b not in bufs:
                     raise VerifyError(f"{where}: store to buffer {b!r} not passed to the kernel")
                 _verify_index(i, ints, where)
-                _width(e, ints, locs, bufs, where)
+                if not 0 <= k <= _width(e, ints, locs, bufs, where):
+                    raise VerifyError(f"{where}: store of {k} lanes of a narrower value")
             case Call(kernel=k, args=args):
                 if k not in kernels:
                     raise VerifyError(f"{where}: call of unknown kernel {k!r}")
@@ -434,6 +455,8 @@ def _verify_block(body: tuple[Stmt, ...], ints: set[str], locs: dict[str, int], 
                     raise VerifyError(f"{where}: {k} needs buffers the caller does not have")
                 for a in args:
                     _verify_index(a, ints, where)
+                if s.timer >= 0 and where != "entry":
+                    raise VerifyError(f"{where}: timed call of {k} outside the entry")
             case Comment():
                 pass
             case _:
@@ -505,10 +528,12 @@ def _format_block(body: tuple[Stmt, ...], indent: int, out: list[str]) -> None:
                 out.append(f"{pad}var {n}: f32x{w} = {format_value(e)}")
             case Assign(name=n, value=e):
                 out.append(f"{pad}{n} = {format_value(e)}")
-            case Store(buf=b, index=i, value=e):
-                out.append(f"{pad}{b}[{format_index(i)}] = {format_value(e)}")
-            case Call(kernel=k, args=args):
-                out.append(f"{pad}call {k}({', '.join(format_index(a) for a in args)})")
+            case Store(buf=b, index=i, value=e, lanes=k):
+                part = f" (lanes < {k})" if k else ""
+                out.append(f"{pad}{b}[{format_index(i)}]{part} = {format_value(e)}")
+            case Call(kernel=k, args=args, timer=t):
+                timed = f"  # timer {t}" if t >= 0 else ""
+                out.append(f"{pad}call {k}({', '.join(format_index(a) for a in args)}){timed}")
             case Comment(text=t):
                 out.append(f"{pad}# {t}")
             case _:

@@ -22,7 +22,10 @@ Algorithm (what), independent of the schedule:
 Schedule (how): vector width, register blocks of the conv micro-kernel
 (output-channel vectors x output-width positions) and of the dense
 micro-kernel (output vectors x images), the batch tile (scratch holds one
-tile; the entry loops over tiles), loop order, unrolling of the kernel width.
+tile; the entry loops over tiles), loop order, unrolling of the kernel width,
+whether a non-overlapping pool runs in the conv micro-kernel's epilogue
+(``fuse_pool``: the micro-kernel then blocks over pooling windows and the conv
+output never reaches memory), and per-stage cycle counters (``profile``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .loopir import iadd, imin, imul, isub, ix
 from .model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Op, Pool, Softmax
 from .schedule import Schedule
 
+FUSED_ACCS = 8  # accumulators of a conv + pool micro-kernel (see _emit_conv)
 ALIGN = 16  # floats (64 bytes) between arena regions
 
 # ----------------------------------------------------------------------------- layouts
@@ -220,6 +224,8 @@ class Lowered:
     input_shape: tuple[int, ...]  # per image
     output_shape: tuple[int, ...]  # per image
     batch_tile: int
+    stage_names: tuple[str, ...] = ()  # the layer each entry call computes (profile counter order)
+    profile_offset: int = -1  # float offset of the cycle counters (int64 each) in scratch, or -1
 
 
 # ----------------------------------------------------------------------------- stages
@@ -346,7 +352,9 @@ class _Builder:
         self.wsize = 0
         self.ssize = 0
         self.counter = 0
-        self.stages: list[str] = []
+        self.stages: list[str] = []  # kernels the entry calls, in order
+        self.labels: list[str] = []  # the network stage (layer name) of each
+        self.label = ""
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -370,6 +378,7 @@ class _Builder:
         self.kernels.append(L.Kernel(name, bufs, params, tuple(body)))
         if stage:
             self.stages.append(name)
+            self.labels.append(self.label)
 
 
 def _epilogue(v: L.Value, acts: list[Act]) -> L.Value:
@@ -445,24 +454,72 @@ def _split(extent: int, max_block: int) -> int:
 
 
 def _emit_pack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    """The caller's planar input into scratch: planar rows copied a vector at a time, or blocked
+    (the lanes of a position gathered from ``V`` planes).  No loop body is a long unrolled run of
+    scalar copies: those cost the optimiser far more than the copy costs at run time."""
     C, H, W = st.in_shape
     lay = dst.layout
-    body: list[L.Stmt] = []
-    if lay.blocked and lay.V > 1 and C % lay.V:
-        # padding lanes of the last channel block: zero (the halo fill may be -inf)
-        zero = [L.Store(dst.buf, dst.at("i", "c", "h", "w"), L.FConst(0.0))]
-        body += _for("c", lay.Cb * lay.V, _for("h", H, _for("w", W, zero)), start=C)
-    copy = [L.Store(dst.buf, dst.at("i", "c", "h", "w"),
-                    _epilogue(L.Load(src.buf, src.at("i", "c", "h", "w")), st.acts))]
-    body += _for("c", C, _for("h", H, _for("w", W, copy)))
+    V = b.V
+
+    def val(c, h, w, width: int = 1) -> L.Value:
+        return _epilogue(L.Load(src.buf, src.at("i", c, h, w), width), st.acts)
+
+    body: list[L.Stmt]
+    if not lay.blocked or V == 1:
+        full = (W // V) * V if V > 1 else 0
+        row = _for("w", full, [L.Store(dst.buf, dst.at("i", "c", "h", "w"), val("c", "h", "w", V))], step=V)
+        row += _for("wt", W, [L.Store(dst.buf, dst.at("i", "c", "h", "wt"), val("c", "h", "wt"))], start=full)
+        body = _for("c", C, _for("h", H, row))
+    else:
+        def lanes(cb: L.Index, n: int) -> list[L.Stmt]:
+            out: list[L.Stmt] = [L.Store(dst.buf, iadd(dst.vat("i", cb, "h", "w"), k),
+                                         val(iadd(imul(cb, V), k), "h", "w")) for k in range(n)]
+            # padding lanes of the last channel block: zero (the halo fill may be -inf)
+            out += [L.Store(dst.buf, iadd(dst.vat("i", cb, "h", "w"), k), L.FConst(0.0)) for k in range(n, V)]
+            return out
+        full = C // V
+        body = _for("cb", full, _for("h", H, _for("w", W, lanes(L.IVar("cb"), V))))
+        if C % V:
+            body += _once("cbt", full, lambda cb: _for("h", H, _for("w", W, lanes(cb, C % V))))
     b.kernel(b.fresh("pack_"), (src.buf, dst.buf), _for("i", "nt", body))
 
 
 def _emit_unpack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+    """Scratch into the caller's planar output.  Blocked sources are read position by position
+    (one vector of ``V`` channels scattered to ``V`` planes); with ``H = W = 1`` the blocked
+    layout already is the output order and whole vectors are copied (the last one masked)."""
     C, H, W = st.in_shape
-    copy = [L.Store(dst.buf, dst.at("i", "c", "h", "w"),
-                    _epilogue(L.Load(src.buf, src.at("i", "c", "h", "w")), st.acts))]
-    body = _for("c", C, _for("h", H, _for("w", W, copy)))
+    lay = src.layout
+    V = b.V
+    if not lay.blocked or V == 1:
+        copy = [L.Store(dst.buf, dst.at("i", "c", "h", "w"),
+                        _epilogue(L.Load(src.buf, src.at("i", "c", "h", "w")), st.acts))]
+        body = _for("c", C, _for("h", H, _for("w", W, copy)))
+        b.kernel(b.fresh("unpack_"), (src.buf, dst.buf), _for("i", "nt", body))
+        return
+    assert lay.halo == (0, 0, 0, 0)
+    if H * W == 1:
+        full = C // V
+
+        def vec(cb: L.Index, n: int) -> list[L.Stmt]:
+            v = _epilogue(L.Load(src.buf, src.vat("i", cb, 0, 0), V), st.acts)
+            return [L.Store(dst.buf, dst.at("i", imul(cb, V), 0, 0), v, n if n < V else 0)]
+        body = _for("cb", full, vec(L.IVar("cb"), V))
+        if C % V:
+            body += _once("cbt", full, lambda cb: vec(cb, C % V))
+        b.kernel(b.fresh("unpack_"), (src.buf, dst.buf), _for("i", "nt", body))
+        return
+    HW = H * W
+
+    def lanes(cb: L.Index, n: int) -> list[L.Stmt]:
+        # the flattened position p stands for (p // W, p % W): no halo, so both layouts agree
+        return [L.Store(dst.buf, iadd(dst.image("i"), imul(iadd(imul(cb, V), k), HW), "p"),
+                        _epilogue(L.Load(src.buf, iadd(src.vat("i", cb, 0, "p"), k)), st.acts))
+                for k in range(n)]
+    full = C // V
+    body = _for("cb", full, _for("p", HW, lanes(L.IVar("cb"), V)))
+    if C % V:
+        body += _once("cbt", full, lambda cb: _for("p", HW, lanes(cb, C % V)))
     b.kernel(b.fresh("unpack_"), (src.buf, dst.buf), _for("i", "nt", body))
 
 
@@ -475,7 +532,50 @@ def _emit_flatten(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     b.kernel(b.fresh("flatten_"), (src.buf, dst.buf), _for("i", "nt", body))
 
 
-def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _fusable_pool(b: _Builder, conv: _Stage, pool: _Stage) -> bool:
+    """Whether ``pool`` runs in the epilogue of ``conv``'s micro-kernel: non-overlapping windows
+    (kernel = stride), no padding, no window past the conv output (floor mode), so each pooled
+    value is a complete set of the micro-kernel's own accumulators; an average pool only after
+    cheap activations (each conv output's activation is taken in registers, before the mean); and
+    only where the fused register block is no smaller than the plain one (measured: a smaller
+    block costs more than the pooling pass it saves)."""
+    op = pool.op
+    assert isinstance(op, Pool)
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    _, OH, OW = conv.out_shape
+    _, PH, PW = pool.out_shape
+    if not ((kh, kw) == (sh, sw) and (ph, pw) == (0, 0) and PH * kh <= OH and PW * kw <= OW and kh * kw <= 9):
+        return False
+    if op.kind == "avg" and not all(a == "relu" for a in conv.acts):
+        return False
+    return b.s.fuse_pool == "always" or _conv_block(b, conv, kh * kw)[2] >= _conv_block(b, conv, 1)[2]
+
+
+def _conv_block(b: _Builder, st: _Stage, win: int) -> tuple[int, int, int]:
+    """(output-channel vectors, output positions, accumulators) of the conv micro-kernel whose
+    output positions are pooling windows of ``win`` conv outputs (``win = 1``: no pooling)."""
+    op = st.op
+    assert isinstance(op, Conv)
+    V, s = b.V, b.s
+    Ob = -(-st.out_shape[0] // V)
+    regs = s.vector_registers - 1 if V > 1 else 64
+    Bc = min(s.oc_block, Ob) if op.groups == 1 else 1
+    if win == 1:
+        # accumulators + weight vectors + two registers for input broadcasts: with one, the
+        # 2 x 6 block of the 3x3 / 5x5 convs spilled in the hot loop (half speed on VGG / AlexNet)
+        Bw = min(s.ow_block, max(1, (regs - Bc - 2) // Bc))
+    else:
+        # with the kw loop unrolled LLVM keeps the input broadcasts shared by neighbouring
+        # windows live across kw steps: more than ~8 accumulators then spill (measured)
+        if win * 2 > FUSED_ACCS:
+            Bc = 1
+        Bw = min(s.ow_block, max(1, FUSED_ACCS // (Bc * win)))
+    return Bc, Bw, Bc * Bw * win
+
+
+def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage | None = None) -> None:
+    """A convolution; with ``pool`` (see :func:`_fusable_pool`) the pooling too, in registers:
+    ``dst`` is then the pool's output and the conv output never reaches memory."""
     op = st.op
     assert isinstance(op, Conv)
     V, s = b.V, b.s
@@ -509,14 +609,45 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         b.specs.append(BiasPack(f"{st.name}.bias", b.buffers[-1].offset, Ob * V, O))
         bufs.append(bname)
 
-    acts, after = _split_epilogue(b, st.acts, dst)
-    regs = s.vector_registers - 1 if V > 1 else 64
-    Bc = min(s.oc_block, Ob) if (g == 1) else 1
-    Bw = _split(OW, min(s.ow_block, max(1, (regs - Bc - 1) // Bc)))
+    if pool is None:
+        acts, after = _split_epilogue(b, st.acts, dst)
+        PKH = PKW = 1  # each output position is its own "window"
+        rows, cols = OH, OW
+        pre: list[Act] = []
+    else:
+        pop = pool.op
+        assert isinstance(pop, Pool)
+        PKH, PKW = pop.kernel
+        _, rows, cols = pool.out_shape
+        if pop.kind == "max":
+            # every activation is non-decreasing: act(max(x)) = max(act(x)), one per window
+            pre = []
+            acts, after = _split_epilogue(b, st.acts + pool.acts, dst)
+        else:
+            pre = st.acts  # relu only (_fusable_pool): per conv output, in registers
+            acts, after = _split_epilogue(b, pool.acts, dst)
+    win = PKH * PKW  # accumulators per output position (per channel vector)
+    Bc, Bw, _ = _conv_block(b, st, win)
+    Bw = _split(cols, Bw)
+    unroll_kw = s.unroll_kernel_w and KW <= 7
     step_lo = (lo[1] - lo[0]) if Ob > 1 else 0
     wblock = (ln[0] * KH * KW * V) if uniform else 0
 
+    def pooled(vals: list[L.Value]) -> L.Value:
+        """One window's conv outputs, pooled (``pre`` per output, ``acts`` on the result)."""
+        assert pool is not None and isinstance(pool.op, Pool)
+        is_max = pool.op.kind == "max"
+        out = _epilogue(vals[0], pre)
+        for v in vals[1:]:
+            out = L.Bin("max" if is_max else "add", out, _epilogue(v, pre))
+        if not is_max:
+            out = L.Bin("mul", out, L.FConst(1.0 / len(vals), V))
+        return _epilogue(out, acts)
+
     def micro(ob0: L.Index, nc: int, ow0: L.Index, nw: int, ob_const: int | None) -> list[L.Stmt]:
+        # output positions: ``nw`` (pooled) columns from ``ow0``, each a PKH x PKW window of conv
+        # outputs at conv row ``oh * PKH + r``, column ``(ow0 + j) * PKW + q``
+        pts = [(j, r, q) for j in range(nw) for r in range(PKH) for q in range(PKW)]
         if ob_const is not None:
             ic_base: L.Index = L.IConst(lo[ob_const])
             n_ic = ln[ob_const]
@@ -528,42 +659,43 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         stm: list[L.Stmt] = []
         for c in range(nc):
             init: L.Value = L.Load(bname, imul(iadd(ob0, c), V), V) if bname else L.FConst(0.0, V)
-            for j in range(nw):
-                stm.append(L.DeclLocal(f"acc{j}_{c}", V, init))
+            for p in range(len(pts)):
+                stm.append(L.DeclLocal(f"acc{p}_{c}", V, init))
         inner: list[L.Stmt] = []
         for c in range(nc):
             widx = iadd(w_base, c * n_ic * KH * KW * V,
                         imul(iadd(imul(iadd(imul("ic", KH), "kh"), KW), "kw"), V))
             inner.append(L.DeclLocal(f"w{c}", V, L.Load(wname, widx, V)))
         ic_abs = iadd(ic_base, "ic")
-        ih = iadd(imul("oh", SH), imul("kh", DH), -op.padding[0])
-        for j in range(nw):
-            iw = iadd(imul(iadd(ow0, j), SW), imul("kw", DW), -op.padding[2])
+        for p, (j, r, q) in enumerate(pts):
+            ih = iadd(imul(iadd(imul("oh", PKH), r), SH), imul("kh", DH), -op.padding[0])
+            iw = iadd(imul(iadd(imul(iadd(ow0, j), PKW), q), SW), imul("kw", DW), -op.padding[2])
             xv = L.Broadcast(L.Load(src.buf, src.at("i", ic_abs, ih, iw)), V) if V > 1 else \
                 L.Load(src.buf, src.at("i", ic_abs, ih, iw))
-            inner.append(L.DeclLocal(f"x{j}", V, xv))
+            inner.append(L.DeclLocal(f"x{p}", V, xv))
             for c in range(nc):
-                inner.append(L.Assign(f"acc{j}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{j}"),
-                                                           L.Local(f"acc{j}_{c}"))))
-        stm += _for("ic", n_ic, _for("kh", KH, _for("kw", KW, inner, unroll=s.unroll_kernel_w and KW <= 7)))
+                inner.append(L.Assign(f"acc{p}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{p}"),
+                                                           L.Local(f"acc{p}_{c}"))))
+        stm += _for("ic", n_ic, _for("kh", KH, _for("kw", KW, inner, unroll=unroll_kw)))
         for j in range(nw):
             for c in range(nc):
-                stm.append(L.Store(dst.buf, dst.vat("i", iadd(ob0, c), "oh", iadd(ow0, j)),
-                                   _epilogue(L.Local(f"acc{j}_{c}"), acts)))
+                vals: list[L.Value] = [L.Local(f"acc{p}_{c}") for p, pt in enumerate(pts) if pt[0] == j]
+                res = _epilogue(vals[0], acts) if pool is None else pooled(vals)
+                stm.append(L.Store(dst.buf, dst.vat("i", iadd(ob0, c), "oh", iadd(ow0, j)), res))
         return stm
 
     def row(ob0: L.Index, nc: int, ob_const: int | None) -> list[L.Stmt]:
-        return _blocked_const("ow", OW, Bw, lambda ow0, nw: micro(ob0, nc, ow0, nw, ob_const))
+        return _blocked_const("ow", cols, Bw, lambda ow0, nw: micro(ob0, nc, ow0, nw, ob_const))
 
     if uniform:
         if s.oc_outer:
-            body = _blocked_const("ob", Ob, Bc, lambda ob0, nc: _for("oh", OH, row(ob0, nc, None)))
+            body = _blocked_const("ob", Ob, Bc, lambda ob0, nc: _for("oh", rows, row(ob0, nc, None)))
         else:
-            body = _for("oh", OH, _blocked_const("ob", Ob, Bc, lambda ob0, nc: row(ob0, nc, None)))
+            body = _for("oh", rows, _blocked_const("ob", Ob, Bc, lambda ob0, nc: row(ob0, nc, None)))
     else:
         body = []
         for ob in range(Ob):
-            body += _for("oh", OH, row(L.IConst(ob), 1, ob))
+            body += _for("oh", rows, row(L.IConst(ob), 1, ob))
     b.kernel(b.fresh("conv_"), tuple(bufs), _for("i", "nt", body + after))
 
 
@@ -720,23 +852,31 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
     b.buffers.append(L.Buffer("output", "output", out_lay.size))
 
     cur = x
-    start = 1 if skip_pack else 0
-    for k in range(start, len(stages)):
+    k = 1 if skip_pack else 0
+    while k < len(stages):
         st = stages[k]
+        b.label = {"pack": "input", "unpack": "output"}.get(st.kind, st.name)
         if st.kind == "unpack":
             _emit_unpack(b, st, cur, y)
             break
-        consumer = stages[k + 1]
-        planar_ok, halo, fill = _input_requirements(consumer)
+        fused: _Stage | None = None
+        if (schedule.fuse_pool != "off" and st.kind == "conv" and stages[k + 1].kind == "pool"
+                and _fusable_pool(b, st, stages[k + 1])):
+            fused = stages[k + 1]  # conv + pool in one kernel: the pool's output is the result
+            b.label = f"{st.name}+{fused.name}"
+            k += 1
+        result = fused or st  # the stage whose output this kernel writes
+        k += 1
+        planar_ok, halo, fill = _input_requirements(stages[k])
         blocked = not (planar_ok and st.kind == "pack")
-        lay = Layout(*st.out_shape, blocked=blocked, V=V, halo=halo)
-        buf = b.scratch(f"{st.name}.out" if st.kind != "pack" else "input.packed", T * lay.size, fill)
+        lay = Layout(*result.out_shape, blocked=blocked, V=V, halo=halo)
+        buf = b.scratch(f"{result.name}.out" if st.kind != "pack" else "input.packed", T * lay.size, fill)
         dst = _Tensor(buf, lay, False)
         match st.kind:
             case "pack":
                 _emit_pack(b, st, cur, dst)
             case "conv":
-                _emit_conv(b, st, cur, dst)
+                _emit_conv(b, st, cur, dst, fused)
             case "dense":
                 _emit_dense(b, st, cur, dst)
             case "pool":
@@ -753,12 +893,16 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
                 assert_never(st.kind)
         cur = dst
 
+    profile_offset = -1
+    if schedule.profile:
+        b.scratch(L.PROFILE_BUFFER, 2 * len(b.stages), 0.0)  # one int64 per stage
+        profile_offset = b.buffers[-1].offset
     entry: list[L.Stmt] = [L.For("n0", L.IConst(0), L.IVar("n"), T, (
         L.LetIndex("nt", imin(T, isub("n", "n0"))),
-        *(L.Call(kn, (L.IVar("n0"), L.IVar("nt"))) for kn in b.stages),
+        *(L.Call(kn, (L.IVar("n0"), L.IVar("nt")), k if schedule.profile else -1) for k, kn in enumerate(b.stages)),
     ))]
     prog = L.Program(cm.model.name, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
                      max(b.wsize, ALIGN), max(b.ssize, ALIGN))
     L.verify(prog)
     return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), tuple(cm.input_shape),
-                   tuple(cm.output_shape), T)
+                   tuple(cm.output_shape), T, tuple(b.labels), profile_offset)

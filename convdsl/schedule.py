@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +29,17 @@ class Schedule:
     batch_tile: int = 8  # images per pass through the whole network (scratch holds one tile)
     unroll_kernel_w: bool = True  # fully unroll the kw loop of conv and pool windows
     oc_outer: bool = True  # conv loop order: output-channel blocks outside rows (else rows outside)
+    # a following non-overlapping pool in the conv micro-kernel's epilogue: "auto" where that keeps
+    # the register block as large, "always" wherever legal, "off" never
+    fuse_pool: Literal["off", "auto", "always"] = "auto"
+    profile: bool = False  # the entry accumulates each stage's cycle count (``CompiledModel.profile``)
 
     def __post_init__(self) -> None:
         assert self.vector_width >= 1 and self.vector_width & (self.vector_width - 1) == 0
         assert self.oc_block >= 1 and self.ow_block >= 1
         assert self.dense_out_block >= 1 and self.dense_batch_block >= 1
         assert self.batch_tile >= 1
+        assert self.fuse_pool in ("off", "auto", "always")
 
     @staticmethod
     def for_host() -> "Schedule":
