@@ -18,22 +18,39 @@ import hashlib
 import os
 import tempfile
 import zlib
+from functools import lru_cache
 from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
-from llvmlite import ir
 
 from . import __version__
-from .jit import JitModule, _init, host_target_machine
+from .jit import JitModule, _init
 from .model import ConcreteModel
 from .schedule import Schedule
+
+
+_BACKEND_SOURCES = ("loopir.py", "lower.py", "codegen.py", "jit.py", "schedule.py", "backend.py")
+
+
+@lru_cache(maxsize=1)
+def backend_fingerprint() -> str:
+    """A hash of the code generator's own source, so that any change to it invalidates old entries.
+
+    The version number alone would trust object code from an edited checkout."""
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in _BACKEND_SOURCES:
+        h.update(name.encode())
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
 
 
 def cache_key(cm: ConcreteModel, schedule: Schedule, source: str) -> str:
     _init()
     parts = [
         f"convdsl {__version__}",
+        "backend " + backend_fingerprint(),
         f"llvmlite {llvmlite.__version__}",
         "llvm " + ".".join(map(str, llvm.llvm_version_info)),
         "cpu " + llvm.get_host_cpu_name(),
@@ -45,30 +62,6 @@ def cache_key(cm: ConcreteModel, schedule: Schedule, source: str) -> str:
     for layer, in_shape, out_shape, op in cm.layers:
         parts.append(f"layer {layer.name} {op!r} {in_shape} -> {out_shape}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-class CachedJit(JitModule):
-    """A JIT module loaded from cached object code: no parsing, optimising or code generation."""
-
-    def __init__(self, obj: bytes, llvm_ir: str) -> None:  # noqa: D107 (deliberately skips JitModule.__init__)
-        _init()
-        self.target_machine = host_target_machine(3)
-        self.llvm_ir = llvm_ir
-        self._module = None
-        empty = llvm.parse_assembly(str(ir.Module(name="cached")))
-        self._engine = llvm.create_mcjit_compiler(empty, self.target_machine)
-        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-        self._engine.finalize_object()
-        self._obj = obj
-
-    @property
-    def asm(self) -> str:
-        if self._module is None:
-            self._module = llvm.parse_assembly(self.llvm_ir)
-        return self.target_machine.emit_assembly(self._module)
-
-    def object_code(self) -> bytes:
-        return self._obj
 
 
 def _entry(key: str) -> Path | None:
@@ -117,7 +110,7 @@ def compile_cached(cm: ConcreteModel, schedule: Schedule, source: str):
         try:
             obj, text = _unpack(path.read_bytes())
             lowered = lower(cm, schedule)
-            return CompiledModel(cm, schedule, lowered, CachedJit(obj, text)), True
+            return CompiledModel(cm, schedule, lowered, JitModule.from_object(obj, text)), True
         except (OSError, ValueError, zlib.error, RuntimeError):
             pass  # corrupt or stale: rebuild below
     compiled = compile_model(cm, schedule)
