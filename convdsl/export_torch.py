@@ -31,11 +31,15 @@ def to_torch(model: CheckedModel | ConcreteModel, weights: dict[str, np.ndarray]
     mods: list[nn.Module] = []
     for layer, op in pairs:
         match op:
-            case Conv(c_in=c_in, c_out=c_out, kernel=k, stride=s, padding=(t, b, l, r), dilation=d, groups=g,
+            case Conv(c_out=c_out, kernel=k, stride=s, padding=(t, b, l, r), dilation=d, groups=g,
                       bias=bias):
                 if (t, b, l, r) != (0, 0, 0, 0):
                     mods.append(nn.ZeroPad2d((l, r, t, b)))
-                conv = nn.Conv2d(int(c_in), c_out, k, stride=s, padding=0, dilation=d, groups=g, bias=bias)
+                w = weights[f"{layer.name}.weight"]
+                # Sizes from the array, so a model with symbolic channels works too; skip_init
+                # spares initialising weights that are overwritten at once (VGG-11: 128 M of them).
+                conv = torch.nn.utils.skip_init(nn.Conv2d, w.shape[1] * g, c_out, k, stride=s, padding=0,
+                                                dilation=d, groups=g, bias=bias)
                 conv.weight.data = torch.from_numpy(np.ascontiguousarray(weights[f"{layer.name}.weight"],
                                                                          dtype=np.float32))
                 if bias:
@@ -52,8 +56,8 @@ def to_torch(model: CheckedModel | ConcreteModel, weights: dict[str, np.ndarray]
                 mods.append(nn.AdaptiveAvgPool2d(1))
             case Flatten():
                 mods.append(nn.Flatten())
-            case Dense(in_features=fi, out_features=fo, bias=bias):
-                lin = nn.Linear(int(fi), fo, bias=bias)
+            case Dense(out_features=fo, bias=bias):
+                lin = torch.nn.utils.skip_init(nn.Linear, weights[f"{layer.name}.weight"].shape[1], fo, bias=bias)
                 lin.weight.data = torch.from_numpy(np.ascontiguousarray(weights[f"{layer.name}.weight"],
                                                                         dtype=np.float32))
                 if bias:
