@@ -40,12 +40,7 @@ def to_torch(model: CheckedModel | ConcreteModel, weights: dict[str, np.ndarray]
                 # spares initialising weights that are overwritten at once (VGG-11: 128 M of them).
                 conv = torch.nn.utils.skip_init(nn.Conv2d, w.shape[1] * g, c_out, k, stride=s, padding=0,
                                                 dilation=d, groups=g, bias=bias)
-                conv.weight.data = torch.from_numpy(np.ascontiguousarray(weights[f"{layer.name}.weight"],
-                                                                         dtype=np.float32))
-                if bias:
-                    conv.bias.data = torch.from_numpy(np.ascontiguousarray(weights[f"{layer.name}.bias"],
-                                                                           dtype=np.float32))
-                mods.append(conv)
+                mods.append(_with_weights(conv, layer.name, weights))
             case Pool(kind="max", kernel=k, stride=s, padding=p, ceil=c):
                 mods.append(nn.MaxPool2d(k, s, p, ceil_mode=c))
             case Pool(kind="avg", kernel=k, stride=s, padding=p, ceil=c):
@@ -58,12 +53,7 @@ def to_torch(model: CheckedModel | ConcreteModel, weights: dict[str, np.ndarray]
                 mods.append(nn.Flatten())
             case Dense(out_features=fo, bias=bias):
                 lin = torch.nn.utils.skip_init(nn.Linear, weights[f"{layer.name}.weight"].shape[1], fo, bias=bias)
-                lin.weight.data = torch.from_numpy(np.ascontiguousarray(weights[f"{layer.name}.weight"],
-                                                                        dtype=np.float32))
-                if bias:
-                    lin.bias.data = torch.from_numpy(np.ascontiguousarray(weights[f"{layer.name}.bias"],
-                                                                          dtype=np.float32))
-                mods.append(lin)
+                mods.append(_with_weights(lin, layer.name, weights))
             case Activation(kind="relu"):
                 mods.append(nn.ReLU())
             case Activation(kind="sigmoid"):
@@ -77,3 +67,13 @@ def to_torch(model: CheckedModel | ConcreteModel, weights: dict[str, np.ndarray]
             case _:
                 assert_never(op)
     return nn.Sequential(*mods).eval()
+
+
+def _with_weights(module: "torch.nn.Module", name: str, weights: dict[str, np.ndarray]) -> "torch.nn.Module":
+    import torch
+
+    for key in ("weight", "bias"):
+        if getattr(module, key, None) is not None:
+            arr = np.ascontiguousarray(weights[f"{name}.{key}"], dtype=np.float32)
+            getattr(module, key).data = torch.from_numpy(arr)
+    return module
