@@ -35,7 +35,9 @@ less per vector.
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 from typing import assert_never
 
 from llvmlite import ir
@@ -427,6 +429,134 @@ def _attrs(fn: ir.Function, prog: L.Program) -> None:
     fn.attributes = attrs
 
 
+def stage_name(prog: L.Program, k: int) -> str:
+    """``(input*, output*, weights*, scratch*, n0, nt, r0, r1)``: stage ``k`` of the entry for the
+    images ``[n0, n0 + nt)`` of the caller's arrays (the batch tile in scratch), and of a split stage
+    (``prog.stages[k][1] > 0``) only the part ``[r0, r1)`` (the others ignore ``r0, r1``)."""
+    return re.sub(r"\W", "_", prog.name) + f"_stage{k}"
+
+
+def _arena_ptrs(g: _FnGen, prog: L.Program, x: ir.Value, y: ir.Value, w: ir.Value, s: ir.Value) -> None:
+    for buf in prog.buffers:
+        match buf.kind:
+            case "input":
+                g.ptrs[buf.name] = x
+            case "output":
+                g.ptrs[buf.name] = y
+            case "weights":
+                g.ptrs[buf.name] = g.b.gep(w, [ir.Constant(I64, buf.offset)], inbounds=True, source_etype=F32)
+            case "scratch":
+                g.ptrs[buf.name] = g.b.gep(s, [ir.Constant(I64, buf.offset)], inbounds=True, source_etype=F32)
+
+
+def _stage_entry(module: ir.Module, prog: L.Program, k: int, kernel: str, extent: int,
+                 kernels: dict[str, tuple[ir.Function, tuple[str, ...]]]) -> None:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 4 + [I64] * 4), name=stage_name(prog, k))
+    _attrs(fn, prog)
+    x, y, w, s, n0, nt, r0, r1 = fn.args
+    g = _FnGen(module, fn, {}, {"n0": n0, "nt": nt, "r0": r0, "r1": r1}, kernels)
+    _arena_ptrs(g, prog, x, y, w, s)
+    args = (L.IVar("n0"), L.IVar("nt"), *((L.IVar("r0"), L.IVar("r1")) if extent else ()))
+    g.block_of_function((L.Call(kernel, args),))
+    g.finish()
+    return fn
+
+
+def worker_name(prog: L.Program) -> str:
+    """``(ctl*)``: a helper thread's loop for split stages, spinning on a control block of int64s:
+    ``ctl[0]`` job number (posted last by the caller; negative: return), ``ctl[1]`` the number of
+    the last job done, ``ctl[2]`` the stage, ``ctl[3..10]`` its arguments as :func:`stage_name`
+    takes them.  Spinning (not sleeping) keeps the hand-off at a few hundred nanoseconds."""
+    return re.sub(r"\W", "_", prog.name) + "_worker"
+
+
+def wait_name(prog: L.Program) -> str:
+    """``(ctl*, seq)``: spin until the helper of control block ``ctl`` has done job ``seq``."""
+    return re.sub(r"\W", "_", prog.name) + "_wait"
+
+
+def _worker(module: ir.Module, prog: L.Program, stages: list[ir.Function]) -> None:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), name=worker_name(prog))
+    _attrs(fn, prog)
+    (ctl,) = fn.args
+    entry, loop, spin, check, work, done, exit_ = (fn.append_basic_block(n) for n in
+                                                   ("entry", "loop", "spin", "check", "work", "done", "exit"))
+    b = ir.IRBuilder(entry)
+    b.branch(loop)
+    b.position_at_end(loop)
+    last = b.phi(I64, name="last")
+    last.add_incoming(ir.Constant(I64, 0), entry)
+    seq = b.load_atomic(ctl, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_signed("==", seq, last), spin, check)
+    b.position_at_end(spin)
+    pause = None
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        pause = module.globals.get("llvm.x86.sse2.pause") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
+        b.call(pause, [])
+    # Yield the core on every turn: with other busy threads on the machine (another engine's
+    # spinning pool, another process), a pure spin can hold a core the thread it waits for
+    # needs, and the hand-off then costs a whole scheduler slice.  A yield with nothing else
+    # runnable returns at once, so an idle machine keeps the fast hand-off.
+    sched_yield = _sched_yield(module)
+    if sched_yield is not None:
+        b.call(sched_yield, [])
+    last.add_incoming(last, spin)
+    b.branch(loop)
+    b.position_at_end(check)
+    b.cbranch(b.icmp_signed("<", seq, ir.Constant(I64, 0)), exit_, work)
+    b.position_at_end(work)
+
+    def arg(i: int) -> ir.Value:
+        return b.load(b.gep(ctl, [ir.Constant(I64, i)], inbounds=True, source_etype=I64), typ=I64, align=8)
+
+    k = arg(2)
+    argv = [b.inttoptr(arg(3 + j), PTR) for j in range(4)] + [arg(7 + j) for j in range(4)]
+    sw = b.switch(k, done)
+    for i, f in enumerate(stages):
+        bb = fn.append_basic_block(f"stage{i}")
+        sw.add_case(ir.Constant(I64, i), bb)
+        b.position_at_end(bb)
+        b.call(f, argv)
+        b.branch(done)
+    b.position_at_end(done)
+    # (an atomic exchange: llvmlite's store_atomic does not take opaque pointers)
+    b.atomic_rmw("xchg", b.gep(ctl, [ir.Constant(I64, 1)], inbounds=True, source_etype=I64), seq, "release")
+    last.add_incoming(seq, done)
+    b.branch(loop)
+    b.position_at_end(exit_)
+    b.ret_void()
+
+    # ``wait(ctl*, seq)``: spin until the helper of ``ctl`` has done job ``seq`` (called through
+    # ctypes, so the caller's thread waits without the GIL)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), name=wait_name(prog))
+    _attrs(fn, prog)
+    ctl, want = fn.args
+    entry, loop, spin, exit_ = (fn.append_basic_block(n) for n in ("entry", "loop", "spin", "exit"))
+    b = ir.IRBuilder(entry)
+    done_p = b.gep(ctl, [ir.Constant(I64, 1)], inbounds=True, source_etype=I64)
+    b.branch(loop)
+    b.position_at_end(loop)
+    got = b.load_atomic(done_p, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_signed("==", got, want), exit_, spin)
+    b.position_at_end(spin)
+    if pause is not None:
+        b.call(pause, [])
+    if sched_yield is not None:
+        b.call(sched_yield, [])
+    b.branch(loop)
+    b.position_at_end(exit_)
+    b.ret_void()
+
+
+def _sched_yield(module: ir.Module) -> ir.Function | None:
+    """libc's ``sched_yield`` (POSIX; MCJIT resolves it in the process), or None elsewhere."""
+    if sys.platform == "win32":
+        return None
+    return module.globals.get("sched_yield") or ir.Function(
+        module, ir.FunctionType(ir.IntType(32), []), name="sched_yield")
+
+
 def codegen(prog: L.Program) -> ir.Module:
     """The LLVM module of ``prog``; its entry point is :func:`entry_name` ``(prog)``."""
     module = ir.Module(name=prog.name)
@@ -460,19 +590,13 @@ def codegen(prog: L.Program) -> ir.Module:
         arg.add_attribute("noalias")
     x, y, w, s, n = fn.args
     g = _FnGen(module, fn, {}, {"n": n}, kernels)
-    for buf in prog.buffers:
-        match buf.kind:
-            case "input":
-                g.ptrs[buf.name] = x
-            case "output":
-                g.ptrs[buf.name] = y
-            case "weights":
-                g.ptrs[buf.name] = g.b.gep(w, [ir.Constant(I64, buf.offset)], inbounds=True, source_etype=F32)
-            case "scratch":
-                g.ptrs[buf.name] = g.b.gep(s, [ir.Constant(I64, buf.offset)], inbounds=True, source_etype=F32)
+    _arena_ptrs(g, prog, x, y, w, s)
     g.block_of_function(prog.entry)
     g.finish()
     _arrays_entry(module, prog, fn)
+    stage_fns = [_stage_entry(module, prog, k, kn, extent, kernels) for k, (kn, extent) in enumerate(prog.stages)]
+    if stage_fns:
+        _worker(module, prog, stage_fns)
     if any(b.name == L.PROFILE_BUFFER for b in prog.buffers):
         fn = ir.Function(module, ir.FunctionType(I64, []), name=cycles_name(prog))
         cb = ir.IRBuilder(fn.append_basic_block("entry"))

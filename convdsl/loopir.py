@@ -299,6 +299,10 @@ class Program:
     entry: tuple[Stmt, ...]  # may use the index variable ``n``
     weights_size: int
     scratch_size: int
+    # stage entries for intra-image threading: ``(kernel, extent)`` per stage kernel, in entry order;
+    # a kernel with ``extent > 0`` takes ``(n0, nt, r0, r1)`` and computes the part ``[r0, r1)`` of
+    # its outermost split loop (``extent`` parts in all; disjoint parts write disjoint outputs)
+    stages: tuple[tuple[str, int], ...] = ()
 
     def buffer(self, name: str) -> Buffer:
         for b in self.buffers:
@@ -334,6 +338,12 @@ def verify(prog: Program) -> None:
                 raise VerifyError(f"kernel {k.name}: unknown buffer {bn}")
         _verify_block(k.body, set(k.params), {}, set(k.buffers), kernels, f"kernel {k.name}")
     _verify_block(prog.entry, {"n"}, {}, set(), kernels, "entry")
+    for kn, extent in prog.stages:
+        if kn not in kernels:
+            raise VerifyError(f"stage entry for unknown kernel {kn}")
+        want = ("n0", "nt", "r0", "r1") if extent > 0 else ("n0", "nt")
+        if kernels[kn].params != want:
+            raise VerifyError(f"stage kernel {kn}: parameters {kernels[kn].params}, want {want}")
 
 
 def _walk(body: tuple[Stmt, ...]):

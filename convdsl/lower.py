@@ -354,7 +354,9 @@ class _Builder:
         self.counter = 0
         self.stages: list[str] = []  # kernels the entry calls, in order
         self.labels: list[str] = []  # the network stage (layer name) of each
+        self.extents: list[int] = []  # of each stage kernel: parts of its split loop (0: not split)
         self.label = ""
+        self.split = False  # emit range-split stage kernels (intra-image threading)
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -373,12 +375,16 @@ class _Builder:
         return name
 
     def kernel(self, name: str, bufs: tuple[str, ...], body: list[L.Stmt],
-               params: tuple[str, ...] = ("n0", "nt"), stage: bool = True) -> None:
-        """A kernel; ``stage`` kernels are called by the entry, the others by kernels."""
+               params: tuple[str, ...] = ("n0", "nt"), stage: bool = True, extent: int = 0) -> None:
+        """A kernel; ``stage`` kernels are called by the entry, the others by kernels.  A stage
+        kernel with ``extent > 0`` also takes ``(r0, r1)``: the part of its split loop to compute."""
+        if extent:
+            params = (*params, "r0", "r1")
         self.kernels.append(L.Kernel(name, bufs, params, tuple(body)))
         if stage:
             self.stages.append(name)
             self.labels.append(self.label)
+            self.extents.append(extent)
 
 
 def _epilogue(v: L.Value, acts: list[Act]) -> L.Value:
@@ -387,7 +393,8 @@ def _epilogue(v: L.Value, acts: list[Act]) -> L.Value:
     return v
 
 
-def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor") -> tuple[list[Act], list[L.Stmt]]:
+def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor",
+                    rng: tuple[str, L.Index, L.Index] | None = None) -> tuple[list[Act], list[L.Stmt]]:
     """Activations for a register-blocked micro-kernel's epilogue, and the statements that apply
     the rest afterwards.  ``exp``-based activations need a dozen vector constants; inlined next to
     a block of accumulators they force spills in the hot loop, so they run in a separate
@@ -398,9 +405,18 @@ def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor") -> tuple[list[
     name = b.fresh("act_")
     upd = [L.Store(dst.buf, dst.vat("i", "cb", "h", "w"),
                    _epilogue(L.Load(dst.buf, dst.vat("i", "cb", "h", "w"), b.V), acts))]
-    b.kernel(name, (dst.buf,), _for("cb", lay.Cb, _for("h", lay.H, _for("w", lay.W, upd))),
-             params=("n0", "i"), stage=False)
-    return [], [L.Call(name, (L.IVar("n0"), L.IVar("i")))]
+    if rng is None:
+        b.kernel(name, (dst.buf,), _for("cb", lay.Cb, _for("h", lay.H, _for("w", lay.W, upd))),
+                 params=("n0", "i"), stage=False)
+        return [], [L.Call(name, (L.IVar("n0"), L.IVar("i")))]
+    # only the part [a0, a1) of the channel blocks (``cb``) or rows (``h``) the caller computed
+    dim, a0, a1 = rng
+    if dim == "cb":
+        body = _for("cb", "a1", _for("h", lay.H, _for("w", lay.W, upd)), start="a0")
+    else:
+        body = _for("cb", lay.Cb, _for("h", "a1", _for("w", lay.W, upd), start="a0"))
+    b.kernel(name, (dst.buf,), body, params=("n0", "i", "a0", "a1"), stage=False)
+    return [], [L.Call(name, (L.IVar("n0"), L.IVar("i"), a0, a1))]
 
 
 def _for(var: str, stop: L.Index | int, body: list[L.Stmt], start: L.Index | int = 0, step: int = 1,
@@ -430,6 +446,27 @@ def _blocked_const(var: str, extent: int, block: int,
     if tail:
         out += _once(var + "_t", full * block, lambda v: body(v, tail))
     return out
+
+
+def _blocked_range(var: str, extent: int, block: int,
+                   body: Callable[[L.Index, int], list[L.Stmt]]) -> tuple[list[L.Stmt], int]:
+    """Like :func:`_blocked_const`, but only the blocks ``[r0, r1)`` (run-time kernel parameters);
+    returns the statements and the number of blocks."""
+    block = max(1, min(block, extent))
+    full = extent // block
+    tail = extent - full * block
+    u = var + "_u"
+    out = _for(u, imin("r1", full), body(imul(u, block), block), start="r0")
+    if tail:
+        # the tail block (number ``full``) when it is in range: a loop of at most one trip
+        start = iadd(full, isub("r0", imin("r0", full)))
+        out += _for(var + "_t", "r1", body(L.IConst(full * block), tail), start=start)
+    return out, full + (1 if tail else 0)
+
+
+def _range_of_blocks(block: int, extent: int) -> tuple[L.Index, L.Index]:
+    """Items ``[r0 * block, min(r1 * block, extent))``: the items of the blocks ``[r0, r1)``."""
+    return imul("r0", block), imin(imul("r1", block), extent)
 
 
 def _blocked_runtime(var: str, extent: str, block: int,
@@ -610,7 +647,7 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
         bufs.append(bname)
 
     if pool is None:
-        acts, after = _split_epilogue(b, st.acts, dst)
+        epi = st.acts
         PKH = PKW = 1  # each output position is its own "window"
         rows, cols = OH, OW
         pre: list[Act] = []
@@ -622,16 +659,23 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
         if pop.kind == "max":
             # every activation is non-decreasing: act(max(x)) = max(act(x)), one per window
             pre = []
-            acts, after = _split_epilogue(b, st.acts + pool.acts, dst)
+            epi = st.acts + pool.acts
         else:
             pre = st.acts  # relu only (_fusable_pool): per conv output, in registers
-            acts, after = _split_epilogue(b, pool.acts, dst)
+            epi = pool.acts
     win = PKH * PKW  # accumulators per output position (per channel vector)
     Bc, Bw, _ = _conv_block(b, st, win)
     Bw = _split(cols, Bw)
     unroll_kw = s.unroll_kernel_w and KW <= 7
     step_lo = (lo[1] - lo[0]) if Ob > 1 else 0
     wblock = (ln[0] * KH * KW * V) if uniform else 0
+    # intra-image split: over output-channel blocks where there are at least as many as rows
+    # (uniform packing only), else over (pooled) output rows
+    split_ob = b.split and uniform and -(-Ob // Bc) >= rows
+    rng: tuple[str, L.Index, L.Index] | None = None
+    if b.split:
+        rng = ("cb", *_range_of_blocks(min(Bc, Ob), Ob)) if split_ob else ("h", L.IVar("r0"), L.IVar("r1"))
+    acts, after = _split_epilogue(b, epi, dst, rng)
 
     def pooled(vals: list[L.Value]) -> L.Value:
         """One window's conv outputs, pooled (``pre`` per output, ``acts`` on the result)."""
@@ -687,16 +731,32 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
     def row(ob0: L.Index, nc: int, ob_const: int | None) -> list[L.Stmt]:
         return _blocked_const("ow", cols, Bw, lambda ow0, nw: micro(ob0, nc, ow0, nw, ob_const))
 
+    extent = 0
+
+    def oh_loop(inner: list[L.Stmt]) -> list[L.Stmt]:
+        if b.split and not split_ob:
+            return _for("oh", "r1", inner, start="r0")
+        return _for("oh", rows, inner)
+
+    def ob_loop(f: Callable[[L.Index, int], list[L.Stmt]]) -> list[L.Stmt]:
+        nonlocal extent
+        if split_ob:
+            out, extent = _blocked_range("ob", Ob, Bc, f)
+            return out
+        return _blocked_const("ob", Ob, Bc, f)
+
     if uniform:
         if s.oc_outer:
-            body = _blocked_const("ob", Ob, Bc, lambda ob0, nc: _for("oh", rows, row(ob0, nc, None)))
+            body = ob_loop(lambda ob0, nc: oh_loop(row(ob0, nc, None)))
         else:
-            body = _for("oh", rows, _blocked_const("ob", Ob, Bc, lambda ob0, nc: row(ob0, nc, None)))
+            body = oh_loop(ob_loop(lambda ob0, nc: row(ob0, nc, None)))
     else:
         body = []
         for ob in range(Ob):
-            body += _for("oh", rows, row(L.IConst(ob), 1, ob))
-    b.kernel(b.fresh("conv_"), tuple(bufs), _for("i", "nt", body + after))
+            body += oh_loop(row(L.IConst(ob), 1, ob))
+    if b.split and not split_ob:
+        extent = rows
+    b.kernel(b.fresh("conv_"), tuple(bufs), _for("i", "nt", body + after), extent=extent)
 
 
 def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
@@ -714,9 +774,9 @@ def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         bname = b.weights(f"{st.name}.bias", Ob * V)
         b.specs.append(BiasPack(f"{st.name}.bias", b.buffers[-1].offset, Ob * V, O))
         bufs.append(bname)
-    acts, after = _split_epilogue(b, st.acts, dst)
     regs = s.vector_registers - 1 if V > 1 else 64
     Bo = min(s.dense_out_block, Ob)
+    acts, after = _split_epilogue(b, st.acts, dst, ("cb", *_range_of_blocks(Bo, Ob)) if b.split else None)
     Bn = max(1, min(s.dense_batch_block, (regs - Bo - 1) // Bo, s.batch_tile))
 
     def micro(ob0: L.Index, nc: int, i0: L.Index, ni: int) -> list[L.Stmt]:
@@ -741,11 +801,17 @@ def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
                                    _epilogue(L.Local(f"acc{j}_{c}"), acts)))
         return stm
 
-    body = _blocked_const("ob", Ob, Bo, lambda ob0, nc: _blocked_runtime(
-        "i", "nt", Bn, lambda i0, ni: micro(ob0, nc, i0, ni)))
+    def per_block(ob0: L.Index, nc: int) -> list[L.Stmt]:
+        return _blocked_runtime("i", "nt", Bn, lambda i0, ni: micro(ob0, nc, i0, ni))
+
+    extent = 0
+    if b.split:
+        body, extent = _blocked_range("ob", Ob, Bo, per_block)
+    else:
+        body = _blocked_const("ob", Ob, Bo, per_block)
     if after:
         body += _for("i", "nt", after)
-    b.kernel(b.fresh("dense_"), tuple(bufs), body)
+    b.kernel(b.fresh("dense_"), tuple(bufs), body, extent=extent)
 
 
 def _emit_pool(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
@@ -777,8 +843,11 @@ def _emit_pool(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         else:
             res = L.Bin("div", res, L.ToFloat(imul(dh, dw), V))
     stm.append(L.Store(dst.buf, dst.vat("i", "cb", "oh", "ow"), _epilogue(res, st.acts)))
-    body = _for("cb", Cb, _for("oh", OH, _for("ow", OW, stm)))
-    b.kernel(b.fresh("pool_"), (src.buf, dst.buf), _for("i", "nt", body))
+    if b.split:  # split over output rows
+        body = _for("cb", Cb, _for("oh", "r1", _for("ow", OW, stm), start="r0"))
+    else:
+        body = _for("cb", Cb, _for("oh", OH, _for("ow", OW, stm)))
+    b.kernel(b.fresh("pool_"), (src.buf, dst.buf), _for("i", "nt", body), extent=OH if b.split else 0)
 
 
 def _emit_gap(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
@@ -833,6 +902,19 @@ def _emit_softmax(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
+def _macs_per_image(stages: list[_Stage]) -> int:
+    """Multiply-adds of the conv and dense stages, per image."""
+    total = 0
+    for st in stages:
+        if st.kind == "conv":
+            assert isinstance(st.op, Conv)
+            O, OH, OW = st.out_shape
+            total += O * OH * OW * (st.in_shape[0] // st.op.groups) * st.op.kernel[0] * st.op.kernel[1]
+        elif st.kind == "dense":
+            total += st.out_shape[0] * st.in_shape[0] * st.in_shape[1] * st.in_shape[2]
+    return total
+
+
 def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
     """The loop program and weight-packing plan of ``cm`` under ``schedule``."""
     V = schedule.vector_width
@@ -843,6 +925,7 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
     skip_pack = (not stages[0].acts and first.kind in ("conv", "dense")
                  and _input_requirements(first)[1] == (0, 0, 0, 0))
     b = _Builder(schedule)
+    b.split = schedule.split_macs > 0 and _macs_per_image(stages) >= schedule.split_macs
     in_lay = Layout(*stages[0].in_shape, blocked=False, V=V)
     x = _Tensor("input", in_lay, True)
     b.buffers.append(L.Buffer("input", "input", in_lay.size))
@@ -899,10 +982,12 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
         profile_offset = b.buffers[-1].offset
     entry: list[L.Stmt] = [L.For("n0", L.IConst(0), L.IVar("n"), T, (
         L.LetIndex("nt", imin(T, isub("n", "n0"))),
-        *(L.Call(kn, (L.IVar("n0"), L.IVar("nt")), k if schedule.profile else -1) for k, kn in enumerate(b.stages)),
+        *(L.Call(kn, (L.IVar("n0"), L.IVar("nt"), *((L.IConst(0), L.IConst(e)) if e else ())),
+                 k if schedule.profile else -1) for k, (kn, e) in enumerate(zip(b.stages, b.extents))),
     ))]
     prog = L.Program(cm.model.name, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
-                     max(b.wsize, ALIGN), max(b.ssize, ALIGN))
+                     max(b.wsize, ALIGN), max(b.ssize, ALIGN),
+                     tuple(zip(b.stages, b.extents)) if b.split else ())
     L.verify(prog)
     return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), tuple(cm.input_shape),
                    tuple(cm.output_shape), T, tuple(b.labels), profile_offset)

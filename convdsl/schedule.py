@@ -33,12 +33,17 @@ class Schedule:
     # the register block as large, "always" wherever legal, "off" never
     fuse_pool: Literal["off", "auto", "always"] = "auto"
     profile: bool = False  # the entry accumulates each stage's cycle count (``CompiledModel.profile``)
+    # intra-image threading: models of at least this many multiply-adds per image also get per-stage
+    # range entries, so a batch smaller than the thread count splits each heavy stage across threads
+    # (each split stage costs a thread hand-off, ~10-30 us); 0 = never
+    split_macs: int = 20_000_000
 
     def __post_init__(self) -> None:
         assert self.vector_width >= 1 and self.vector_width & (self.vector_width - 1) == 0
         assert self.oc_block >= 1 and self.ow_block >= 1
         assert self.dense_out_block >= 1 and self.dense_batch_block >= 1
         assert self.batch_tile >= 1
+        assert self.split_macs >= 0
         assert self.fuse_pool in ("off", "auto", "always")
 
     @staticmethod

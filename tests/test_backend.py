@@ -481,3 +481,49 @@ def test_verifier_rejects_bad_timers_and_partial_stores():
     k2 = L.Kernel("k", ("output",), ("n0", "nt"), (L.Store("output", L.IConst(0), L.FConst(0.0, 4), 5),))
     with pytest.raises(L.VerifyError, match="lanes"):
         L.verify(replace(prog, kernels=(k2,), entry=()))
+
+
+# ----------------------------------------------------------------------------- intra-image threads
+
+SPLIT_CASES = {
+    # every split kind: conv over channel blocks (many blocks, few rows) and over rows (few blocks,
+    # grouped = non-uniform packing), each with a fused pool, a separate pool and exp-based
+    # activations (their after-pass is split too); dense over output blocks with a ragged tail
+    "blocks": net((5, 4, 3), conv(72, 3, padding=1), act("relu"), conv(40, (2, 1)), act("sigmoid"), flatten(),
+                  dense(37), act("tanh"), dense(10)),
+    "rows": net((3, 17, 15), conv(12, 3, padding=1), act("tanh"), pool("max", 2), conv(9, 3, groups=3),
+                act("sigmoid"), pool("max", 3, 2, padding=1), conv(16, 1), act("relu"), pool("avg", 2, 1)),
+    "chain": FUSED_CASES["chain"],
+}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_split_stages_agree(name):
+    """With the split threshold forced low, batches smaller than the thread count run each stage
+    split across threads: bit-identical to one thread, and right against the reference."""
+    cm = SPLIT_CASES[name].bind({})
+    rng = np.random.default_rng(5)
+    wd = random_weights(cm, rng)
+    for s in (replace(VEC, split_macs=1), replace(SCALAR, split_macs=1), replace(VEC, split_macs=1, oc_outer=False,
+                                                                                  oc_block=3, dense_out_block=2)):
+        c = compile_model(cm, s)
+        assert c.program.stages and c._stages, "no stage entries"
+        assert any(e > 1 for _, e in c.program.stages)
+        w = c.pack_weights(wd)
+        for n in (1, 2):
+            x = rng.standard_normal((n, *cm.input_shape)).astype(np.float32)
+            one = c.run(x, w, threads=1)
+            np.testing.assert_allclose(one, run_reference(cm, wd, x), rtol=RTOL, atol=ATOL)
+            for t in (2, 3, 5):
+                np.testing.assert_array_equal(c.run(x, w, threads=t), one)
+
+
+def test_split_threshold():
+    """Small models (LeNet) keep the plain entry only; the threshold counts multiply-adds."""
+    from convdsl.lower import lower
+
+    cm = lenet().bind({})
+    assert lower(cm, VEC).program.stages == ()
+    assert lower(cm, replace(VEC, split_macs=0)).program.stages == ()
+    assert lower(cm, replace(VEC, split_macs=300_000)).program.stages  # LeNet: ~0.4 M MACs
+
