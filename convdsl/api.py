@@ -95,6 +95,7 @@ class Network:
         self._bindings: dict[tuple[tuple[str, int], ...], _Binding] = {}
         self._lock = threading.Lock()
         self.last_compile: "CompileStats | None" = None
+        self._last: tuple[tuple[int, ...], _Binding] | None = None  # (per-image shape, binding) of the last call
 
     @property
     def random_weights(self) -> bool:
@@ -132,12 +133,22 @@ class Network:
     # ------------------------------------------------------------------ calling
     def __call__(self, x: object, threads: int | None = None) -> np.ndarray:
         """Run the network; ``x`` is checked (rank, dtype, sizes) before native code sees it."""
-        arr, env = bind_input(self.model, x)
-        env.pop("N", None)
-        b = self.bind(env)
         t = self.threads if threads is None else threads
         if t < 1:
             raise BoundaryError(f"threads must be at least 1, got {t}")
+        last = self._last
+        # Fast path for the common loop over same-sized batches: an array of exactly the kind the
+        # last call validated (float32, C-contiguous, same rank and per-image shape, N >= 1) needs
+        # no new checks; it saves about half the Python overhead of a batch-1 call.
+        if (last is not None and type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
+                and x.shape[1:] == last[0] and x.ndim == len(last[0]) + 1 and x.shape[0] >= 1):
+            b = last[1]
+            arr = x
+        else:
+            arr, env = bind_input(self.model, x)
+            env.pop("N", None)
+            b = self.bind(env)
+            self._last = (arr.shape[1:], b)
         out = b.compiled.run(arr, b.packed, threads=t)
         return out.reshape((arr.shape[0], *b.compiled.output_shape))
 

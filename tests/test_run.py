@@ -190,3 +190,18 @@ def test_module_entry_point_and_no_traceback_on_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "convdsl", "run", LENET, "--input", str(bad)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "not a readable .npy" in r.stderr
+
+
+def test_fast_path_still_checks_every_call():
+    net = convdsl.compile(convdsl.load(LENET), weights=str(EXAMPLES / "lenet.npz"))
+    x = np.random.default_rng(3).random((2, 1, 28, 28), dtype=np.float32)
+    y = net(x)
+    np.testing.assert_array_equal(net(x), y)  # the same kind of array again: the fast path
+    np.testing.assert_array_equal(net(x.astype(np.float64)), y)  # converted, not misread
+    np.testing.assert_array_equal(net(np.asfortranarray(x)), y)  # copied, not misread
+    with pytest.raises(convdsl.BoundaryError, match="at least 1 image"):
+        net(x[:0])
+    with pytest.raises(convdsl.BoundaryError, match="width is 27"):
+        net(np.zeros((2, 1, 28, 27), np.float32))
+    with pytest.raises(convdsl.BoundaryError, match="threads must be at least 1"):
+        net(x, threads=0)
