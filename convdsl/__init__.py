@@ -29,3 +29,7 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'convdsl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

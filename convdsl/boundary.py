@@ -79,8 +79,9 @@ def validate_weights(model: CheckedModel, env: Mapping[str, int], weights: Mappi
             problems.append(f"layer {layer}: missing array '{key}' (expected shape {_fmt(shape)})")
             continue
         arr = np.asarray(weights[key])
-        if arr.dtype.kind not in "fiu" or arr.dtype.kind == "c":
-            problems.append(f"layer {layer}: '{key}' has dtype {arr.dtype}, expected float32")
+        if arr.dtype.kind != "f":  # integer weights are almost always a mistake (a label array, say)
+            problems.append(f"layer {layer}: '{key}' has dtype {arr.dtype}, expected float32 "
+                            "(float16 and float64 are converted)")
             continue
         if tuple(arr.shape) != shape:
             problems.append(f"layer {layer}: '{key}' has shape {_fmt(arr.shape)}, expected {_fmt(shape)}")
@@ -135,7 +136,7 @@ def bind_input(model: CheckedModel, x: object, origin: str = "input") -> tuple[n
             raise BoundaryError(f"{origin}: expected a numpy array, got {type(x).__name__} ({e})") from None
     if x.dtype.kind not in "fiu" or x.dtype.kind == "c":
         raise BoundaryError(f"{origin}: has dtype {x.dtype}; the model takes float32 "
-                            "(integer and float64 arrays are converted, others are not)")
+                            "(integer and other float arrays are converted; bool, complex and objects are not)")
     want = model.input_shape
     if x.ndim != len(want):
         raise BoundaryError(f"{origin}: has shape {_fmt(x.shape)} ({x.ndim}-D); model {model.name} takes "

@@ -50,6 +50,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     checked = _source(args.file)
     result = checked.result
+    args.exit_status = EXIT_OK if result.ok else EXIT_INPUT  # kept if the reader closes the pipe
     if args.json:
         print(json.dumps(json_report(result), indent=2))
     else:
@@ -85,6 +86,18 @@ def _pick_model(program, name: str | None):
         raise UsageError(e.args[0]) from None
 
 
+def _check_size_option(model, env) -> None:
+    """``--size`` values against the model: a bad value is a usage error."""
+    from .boundary import BoundaryError, check_sizes
+
+    if "N" in env:
+        raise UsageError("--size sets H, W and other symbols; the batch size N is --batch")
+    try:
+        check_sizes(model, env, "--size")
+    except BoundaryError as e:
+        raise UsageError(str(e)) from None
+
+
 def _sizes(text: str | None) -> dict[str, int]:
     """``--size H=64,W=48`` -> {"H": 64, "W": 48}."""
     out: dict[str, int] = {}
@@ -112,16 +125,19 @@ def _default_input(model, args, sizes):
         for d in shape[2:])
     if fits and not sizes:
         images, labels = load_digits()
+        if args.batch is not None:  # asked for a batch size: the first B digits
+            images, labels = images[:args.batch], labels[:args.batch]
         return images, labels, f"{len(images)} bundled handwritten digits (held-out part of scikit-learn's load_digits)"
     env = {s: v for s, v in model.valid_for.items() if s != "N"}
     env.update(sizes)
     from .boundary import check_sizes
 
-    check_sizes(model, env, "--size")
-    dims = [args.batch] + [sy.evaluate(d, {**env, "N": args.batch}) for d in shape[1:]]
+    _check_size_option(model, env)
+    batch = args.batch or 1
+    dims = [batch] + [sy.evaluate(d, {**env, "N": batch}) for d in shape[1:]]
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal(dims).astype(np.float32)
-    return x, None, f"a random batch of {args.batch} (seed {args.seed}), shape {list(dims)}"
+    return x, None, f"a random batch of {batch} (seed {args.seed}), shape {list(dims)}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -131,13 +147,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .boundary import BoundaryError, load_weights
     from .schedule import Schedule
 
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise UsageError("--batch must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     sizes = _sizes(args.size)
+    if args.output:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"cannot write --output {args.output}: no writable directory {folder}")
     program = _program(args.file)
     model = _pick_model(program, args.model)
     try:
@@ -160,6 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.input is not None:
             if not os.path.exists(args.input):
                 raise UsageError(f"no such input file: {args.input}")
+            with open(args.input, "rb") as f:
+                if f.read(6) != b"\x93NUMPY":
+                    raise BoundaryError(f"{args.input}: not a .npy array file (save one with numpy.save)")
             try:
                 x = np.load(args.input, allow_pickle=False)
             except (ValueError, OSError, EOFError) as e:
@@ -230,16 +253,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .api import compile_code
-    from .boundary import BoundaryError, check_sizes
 
     program = _program(args.file)
     model = _pick_model(program, args.model)
     sizes = _sizes(args.size)
-    try:
-        check_sizes(model, {**{s: v for s, v in model.valid_for.items() if s != "N"}, **sizes}, "--size")
-    except BoundaryError as e:
-        print(f"convdsl: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
+    _check_size_option(model, {**{s: v for s, v in model.valid_for.items() if s != "N"}, **sizes})
     compiled, _ = compile_code(program, model, sizes, cache=not args.no_cache)
     if args.emit == "obj":
         data = compiled.object_code()
@@ -277,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: FILE.npz beside the program, else seeded random weights)")
     r.add_argument("--input", metavar="X.npy", help="input batch, float32 [N, C, H, W] "
                    "(default: the bundled digits for [N, 1, 28, 28] models, else a random batch)")
-    r.add_argument("--batch", type=int, default=1, metavar="B", help="size of a random batch (default 1)")
+    r.add_argument("--batch", type=int, metavar="B", help="size of a random batch (default 1); with the "
+                   "bundled digits, how many of them (default: all 359)")
     r.add_argument("--output", metavar="Y.npy", help="save the output array")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="seed for random weights and inputs")
     r.add_argument("--threads", type=int, metavar="T", help="worker threads (default: all cores)")
@@ -307,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the handler below
+        return code
     except UsageError as e:
         print(f"convdsl: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -322,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # at devnull so the interpreter's final flush does not complain either.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return getattr(args, "exit_status", EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,19 @@ def check_source(text: str, file: str = "<input>") -> Checked:
 
 
 def read_source(path: str | os.PathLike) -> str:
-    """Read a .conv file; undecodable bytes become U+FFFD so the parser can point at them."""
+    """Read a .conv file; undecodable bytes become U+FFFD so the parser can point at them.
+
+    A leading byte-order mark (Windows editors write one) is dropped."""
     with open(path, "rb") as f:
         data = f.read()
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8", errors="replace").removeprefix("\ufeff")
 
 
 def check_file(path: str | os.PathLike) -> Checked:
-    return check_source(read_source(path), str(path))
+    text = read_source(path)
+    if "\x00" in text:  # one clear error, not one per unreadable character
+        span = Span(str(path), 1, 1, 1, 2)
+        diag = error("not-text", f"{path} is not a text file (it holds NUL bytes); .conv programs are UTF-8 text",
+                     span)
+        return Checked(str(path), "", CheckResult((), (diag,)))
+    return check_source(text, str(path))

@@ -189,7 +189,7 @@ def test_module_entry_point_and_no_traceback_on_bad_input(tmp_path):
     bad.write_bytes(b"garbage")
     r = subprocess.run([sys.executable, "-m", "convdsl", "run", LENET, "--input", str(bad)],
                        capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "not a readable .npy" in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "not a .npy array file" in r.stderr
 
 
 def test_fast_path_still_checks_every_call():
@@ -205,3 +205,32 @@ def test_fast_path_still_checks_every_call():
         net(np.zeros((2, 1, 28, 27), np.float32))
     with pytest.raises(convdsl.BoundaryError, match="threads must be at least 1"):
         net(x, threads=0)
+
+
+def test_user_mistakes_found_in_a_new_user_trial(tmp_path, capsys):
+    # --batch takes the first B bundled digits
+    code, out, _ = cli(capsys, "run", LENET, "--batch", "5", "--repeat", "1")
+    assert code == 0 and "input: 5 bundled handwritten digits" in out and "accuracy: 5/5" in out
+    # --size is checked like an option (exit 2), and N is --batch's
+    anysize = str(EXAMPLES / "anysize.conv")
+    assert cli(capsys, "run", anysize, "--size", "H=4,W=20")[0] == 2
+    assert "the batch size N is --batch" in cli(capsys, "run", anysize, "--size", "N=5,H=20,W=20")[2]
+    # an unwritable --output is refused before anything is compiled
+    code, out, err = cli(capsys, "run", LENET, "--output", str(tmp_path / "no" / "y.npy"))
+    assert code == 2 and "compiled" not in out
+    # integer weights are refused, not silently converted
+    w = dict(np.load(EXAMPLES / "lenet.npz"))
+    w["conv1.weight"] = w["conv1.weight"].astype(np.int32)
+    np.savez(tmp_path / "w.npz", **w)
+    code, _, err = cli(capsys, "run", LENET, "--weights", str(tmp_path / "w.npz"))
+    assert code == 1 and "'conv1.weight' has dtype int32" in err
+
+
+def test_binary_file_and_byte_order_mark(tmp_path, capsys):
+    binary = tmp_path / "b.conv"
+    binary.write_bytes(b"\x7fELF\x00\x01\x02" * 20)
+    code, _, err = cli(capsys, "check", str(binary))
+    assert code == 1 and err.count("error:") == 1 and "not a text file" in err
+    bom = tmp_path / "bom.conv"
+    bom.write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "lenet.conv").read_bytes())
+    assert cli(capsys, "check", str(bom))[0] == 0
