@@ -221,6 +221,15 @@ def _pack_dense(spec: DensePack, w: np.ndarray, dst: np.ndarray) -> None:
             block[~real] = 0.0  # padding lanes of the blocked input layout read zeros
 
 
+def _bias_buffer(b: "_Builder", name: str, bias: bool, Ob: int, V: int, O: int) -> str | None:
+    """The bias of a conv or dense stage, padded to whole vectors; None without bias."""
+    if not bias:
+        return None
+    bname = b.weights(f"{name}.bias", Ob * V)
+    b.specs.append(BiasPack(f"{name}.bias", b.buffers[-1].offset, Ob * V, O))
+    return bname
+
+
 # ----------------------------------------------------------------------------- result
 
 
@@ -647,10 +656,8 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
     b.specs.append(ConvPack(f"{st.name}.weight", b.buffers[-1].offset, acc, V, O, g, C, tuple(lo), tuple(ln),
                             tuple(offs)))
     bufs = [src.buf, dst.buf, wname]
-    bname = None
-    if op.bias:
-        bname = b.weights(f"{st.name}.bias", Ob * V)
-        b.specs.append(BiasPack(f"{st.name}.bias", b.buffers[-1].offset, Ob * V, O))
+    bname = _bias_buffer(b, st.name, op.bias, Ob, V, O)
+    if bname is not None:
         bufs.append(bname)
 
     if pool is None:
@@ -776,10 +783,8 @@ def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     wname = b.weights(f"{st.name}.weight", Ob * K * V)
     b.specs.append(DensePack(f"{st.name}.weight", b.buffers[-1].offset, Ob * K * V, V, O, src.layout))
     bufs = [src.buf, dst.buf, wname]
-    bname = None
-    if op.bias:
-        bname = b.weights(f"{st.name}.bias", Ob * V)
-        b.specs.append(BiasPack(f"{st.name}.bias", b.buffers[-1].offset, Ob * V, O))
+    bname = _bias_buffer(b, st.name, op.bias, Ob, V, O)
+    if bname is not None:
         bufs.append(bname)
     regs = s.vector_registers - 1 if V > 1 else 64
     Bo = min(s.dense_out_block, Ob)
