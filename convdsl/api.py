@@ -112,8 +112,7 @@ class Network:
 
     def bind(self, sizes: Mapping[str, int] | None = None) -> "_Binding":
         """Compile (or fetch) the code for the given symbol values (default: ``valid_for``)."""
-        env = {s: v for s, v in self.model.valid_for.items() if s != "N"}
-        env.update({k: v for k, v in (sizes or {}).items() if k != "N"})
+        env = self.model.sizes(sizes)
         key = tuple(sorted(env.items()))
         with self._lock:
             b = self._bindings.get(key)
@@ -190,8 +189,7 @@ def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int]
     from .backend import compile_model
     from .cache import compile_cached
 
-    env = {s: v for s, v in model.valid_for.items() if s != "N"}
-    env.update({k: v for k, v in (sizes or {}).items() if k != "N"})
+    env = model.sizes(sizes)
     schedule = schedule or Schedule.for_host()
     concrete = model.bind(env)
     start = time.perf_counter()
@@ -225,5 +223,5 @@ def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarr
     net = Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads)
     if weights is not None and all(isinstance(d, int) for shape in m.weight_shapes().values() for d in shape):
         # Fail early where the weight shapes do not depend on the input size.
-        validate_weights(m, {s: v for s, v in m.valid_for.items() if s != "N"}, weights, origin)
+        validate_weights(m, m.sizes(), weights, origin)
     return net

@@ -646,8 +646,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .boundary import BoundaryError, check_sizes
 
-    env = {s: v for s, v in model.valid_for.items() if s != "N"}
-    env.update(sizes)
+    env = model.sizes(sizes)
     try:
         check_sizes(model, env, "--size")
         weights, wdesc = _load_weights(args, model, env)

@@ -86,16 +86,18 @@ def _pick_model(program, name: str | None):
         raise UsageError(e.args[0]) from None
 
 
-def _check_size_option(model, env) -> None:
-    """``--size`` values against the model: a bad value is a usage error."""
+def _check_size_option(model, sizes: dict[str, int]) -> dict[str, int]:
+    """``--size`` values against the model (a bad value is a usage error); all sizes to use."""
     from .boundary import BoundaryError, check_sizes
 
-    if "N" in env:
+    if "N" in sizes:
         raise UsageError("--size sets H, W and other symbols; the batch size N is --batch")
+    env = model.sizes(sizes)
     try:
         check_sizes(model, env, "--size")
     except BoundaryError as e:
         raise UsageError(str(e)) from None
+    return env
 
 
 def _sizes(text: str | None) -> dict[str, int]:
@@ -128,11 +130,7 @@ def _default_input(model, args, sizes):
         if args.batch is not None:  # asked for a batch size: the first B digits
             images, labels = images[:args.batch], labels[:args.batch]
         return images, labels, f"{len(images)} bundled handwritten digits (held-out part of scikit-learn's load_digits)"
-    env = {s: v for s, v in model.valid_for.items() if s != "N"}
-    env.update(sizes)
-    from .boundary import check_sizes
-
-    _check_size_option(model, env)
+    env = _check_size_option(model, sizes)
     batch = args.batch or 1
     dims = [batch] + [sy.evaluate(d, {**env, "N": batch}) for d in shape[1:]]
     rng = np.random.default_rng(args.seed)
@@ -257,7 +255,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program = _program(args.file)
     model = _pick_model(program, args.model)
     sizes = _sizes(args.size)
-    _check_size_option(model, {**{s: v for s, v in model.valid_for.items() if s != "N"}, **sizes})
+    _check_size_option(model, sizes)
     compiled, _ = compile_code(program, model, sizes, cache=not args.no_cache)
     if args.emit == "obj":
         data = compiled.object_code()

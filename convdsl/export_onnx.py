@@ -39,9 +39,7 @@ DEFAULT_OPSET = 17
 def _concrete(model: CheckedModel | ConcreteModel, sizes: Mapping[str, int] | None) -> ConcreteModel:
     if isinstance(model, ConcreteModel):
         return model
-    env = {s: v for s, v in model.valid_for.items() if s != "N"}
-    env.update({k: v for k, v in (sizes or {}).items() if k != "N"})
-    return model.bind(env)
+    return model.bind(model.sizes(sizes))
 
 
 def _safe(name: str) -> str:

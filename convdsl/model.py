@@ -147,6 +147,12 @@ class CheckedModel:
             shapes.update(layer.weight_shapes())
         return shapes
 
+    def sizes(self, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Every symbol but the batch ``N``: the smallest valid value unless ``overrides`` sets it."""
+        env = {s: v for s, v in self.valid_for.items() if s != "N"}
+        env.update({k: v for k, v in (overrides or {}).items() if k != "N"})
+        return env
+
     def bind(self, env: Mapping[str, int]) -> "ConcreteModel":
         """Every shape evaluated for concrete symbol values (``N`` excluded is fine)."""
         full = dict(env)
