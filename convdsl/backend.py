@@ -10,15 +10,21 @@ with its own scratch arena.  A single-thread call goes through
 data pointers natively (at an offset confirmed once at import), sparing two
 ``__array_interface__`` look-ups per call.
 
+Threads: a call with ``threads > 1`` runs on helper threads that stay with the
+model (:class:`_Team`).  Each spins in the module's native job loop
+(``codegen.worker_name``) for a while after its last job, then blocks: calls in
+a loop hand over in well under a microsecond, and an idle model uses no CPU.
+A batch is cut into chunks of whole batch tiles that the threads take as they
+go (``codegen.batch_name``), each thread with its own scratch arena, so a
+thread slowed down by another process takes fewer chunks.
+
 Intra-image threading: a model of at least ``Schedule.split_macs``
 multiply-adds per image is also compiled with one entry per stage
 (``codegen.stage_name``), each heavy stage computing a run-time range
 ``[r0, r1)`` of its outermost loop (output-channel blocks or output rows of a
 conv, rows of a pool, output blocks of a dense layer).  A batch smaller than
 the thread count then runs stage by stage from Python, each stage's range
-split across the caller and helper threads that sit in the module's native
-spin loop (``codegen.worker_name``) for the call: a hand-off costs well under
-a microsecond, where waking a pooled thread per stage cost 0.1-0.4 ms here.
+split across the caller and the helpers, sharing the caller's scratch.
 
 :meth:`CompiledModel.profile` returns seconds per stage, from cycle counters
 the entry keeps when compiled with ``Schedule(profile=True)``.
@@ -30,15 +36,16 @@ in; here they are only asserted.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import loopir
-from .codegen import arrays_entry_name, codegen, cycles_name, entry_name, stage_name, wait_name, worker_name
+from .codegen import (ASLEEP, EXIT, arrays_entry_name, batch_name, codegen, cycles_name, entry_name, post_name,
+                      stage_name, wait_name, worker_name)
 from .jit import JitModule
 from .lower import Lowered, aligned_zeros, lower
 from .model import ConcreteModel
@@ -50,10 +57,16 @@ _FORWARD_ARRAYS = ctypes.CFUNCTYPE(None, ctypes.py_object, ctypes.py_object, cty
                                    ctypes.c_int64, ctypes.c_int64)
 _STAGE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
-_WORKER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_WORKER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
 _WAIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+_POST = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+_BATCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _CYCLES = ctypes.CFUNCTYPE(ctypes.c_int64)
 _CTL = 16  # int64s per helper thread's control block (two cache lines: no false sharing)
+# How long an idle helper spins before it blocks, in cycle-counter ticks (~0.3-1 ms at 1-3 GHz):
+# longer than the Python overhead between two calls in a loop, short enough that a model called
+# once in a while does not hold a core.
+SPIN_CYCLES = 1_000_000
 
 
 def _find_data_offset() -> int | None:
@@ -94,28 +107,18 @@ class CompiledModel:
         # per-stage entries (heavy models only, see Schedule.split_macs): (function, parts)
         self._stages: list[tuple[object, int]] = []
         for k, (_, extent) in enumerate(self.program.stages):
-            addr = jit.find(stage_name(self.program, k))
-            if not addr:
-                self._stages = []
-                break
-            self._stages.append((_STAGE(addr), extent))
-        worker = jit.find(worker_name(self.program)) if self._stages else 0
-        wait = jit.find(wait_name(self.program)) if self._stages else 0
-        self._worker = _WORKER(worker) if worker else None
-        self._wait = _WAIT(wait) if wait else None
-        if self._wait is None:
-            self._worker = None
-        if self._worker is None:
-            self._stages = []
+            self._stages.append((_STAGE(jit.address(stage_name(self.program, k))), extent))
+        self._batch = _BATCH(jit.address(batch_name(self.program)))
+        self._team_fns = (_WORKER(jit.address(worker_name(self.program))),
+                          _POST(jit.address(post_name(self.program))),
+                          _WAIT(jit.address(wait_name(self.program))))
         self.input_shape = lowered.input_shape
         self.output_shape = lowered.output_shape
         self._in_per_image = int(np.prod(self.input_shape))
         self._out_per_image = int(np.prod(self.output_shape))
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._split_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
+        self._team_lock = threading.Lock()  # one multi-thread call at a time owns the helpers
+        self._team: _Team | None = None
 
     # -- introspection
     @property
@@ -154,9 +157,6 @@ class CompiledModel:
             ptr = local.ptr = local.arena.ctypes.data
         return ptr
 
-    def _call(self, xp: int, yp: int, wp: int, n: int) -> None:
-        self._fn(xp, yp, wp, self._scratch_ptr(), n)
-
     # -- running
     def run(self, x: np.ndarray, packed: PackedWeights, threads: int = 1) -> np.ndarray:
         assert x.dtype == np.float32 and x.flags.c_contiguous, "input must be C-contiguous float32"
@@ -165,74 +165,69 @@ class CompiledModel:
         out = np.empty((n, *self.output_shape), dtype=np.float32)
         if n == 0:
             return out
-        if threads > 1 and n < threads and self._stages and self._split_lock.acquire(blocking=False):
-            # (one split run at a time per model: its helpers spin; a concurrent call runs alone)
+        if threads > 1 and (n > 1 or self._stages) and self._team_lock.acquire(blocking=False):
+            # (a concurrent multi-thread call finds the helpers busy and runs on its own thread)
             try:
-                self._run_split(_data(x), _data(out), packed.ptr, n, threads)
+                team = self._helpers(threads - 1)
+                if n < threads and self._stages:
+                    self._run_split(team, _data(x), _data(out), packed.ptr, n, threads)
+                else:
+                    self._run_batch(team, _data(x), _data(out), packed.ptr, n, threads)
             finally:
-                self._split_lock.release()
+                self._team_lock.release()
             return out
-        if threads <= 1 or n == 1:
-            # the common single-thread call: one ctypes call on the array objects themselves
-            sp = getattr(self._local, "ptr", None) or self._scratch_ptr()
-            if self._fn_arrays is not None:
-                self._fn_arrays(x, out, packed.ptr, sp, n, _DATA_OFFSET)
-            else:
-                self._fn(_data(x), _data(out), packed.ptr, sp, n)
-            return out
-        xp, yp = _data(x), _data(out)
-        threads = min(threads, n)
-        # chunks in whole batch tiles where possible, so no thread gets a ragged tile needlessly
-        per = -(-n // threads)
-        tile = self.lowered.batch_tile
-        if per > tile:
-            per = -(-per // tile) * tile
-        bounds = [(a, min(a + per, n)) for a in range(0, n, per)]
-        pool = self._executor(len(bounds))
-        futs = [pool.submit(self._call, xp + 4 * a * self._in_per_image, yp + 4 * a * self._out_per_image,
-                            packed.ptr, b - a) for a, b in bounds[1:]]
-        a, b = bounds[0]
-        self._call(xp, yp, packed.ptr, b - a)
-        for f in futs:
-            f.result()
+        # the common single-thread call: one ctypes call on the array objects themselves
+        sp = getattr(self._local, "ptr", None) or self._scratch_ptr()
+        if self._fn_arrays is not None:
+            self._fn_arrays(x, out, packed.ptr, sp, n, _DATA_OFFSET)
+        else:
+            self._fn(_data(x), _data(out), packed.ptr, sp, n)
         return out
 
-    def _run_split(self, xp: int, yp: int, wp: int, n: int, threads: int) -> None:
+    def _helpers(self, k: int) -> "_Team":
+        team = self._team
+        if team is None or team.pid != os.getpid():  # (a forked child has none of the threads)
+            team = self._team = _Team(self._jit, self._team_fns, self._new_scratch)
+        team.grow(k)
+        return team
+
+    def _run_batch(self, team: "_Team", xp: int, yp: int, wp: int, n: int, threads: int) -> None:
+        """The batch in chunks the threads take as they go: whole batch tiles where the batch has
+        enough of them, else ``ceil(n / threads)`` images, so each thread gets a share."""
+        tile = self.lowered.batch_tile
+        rounds = -(-n // (threads * tile))
+        per = -(-n // (threads * rounds))
+        chunks = -(-n // per)
+        helpers = min(threads, chunks) - 1
+        job = team.job
+        job[0] = 0
+        job[8:13] = (xp, yp, wp, n, per)
+        kind = len(self._stages)
+        for j in range(helpers):
+            team.post(j, kind, (team.job_addr, team.scratch_ptr(j)))
+        self._batch(team.job_addr, self._scratch_ptr())
+        for j in range(helpers):
+            team.wait(j)
+
+    def _run_split(self, team: "_Team", xp: int, yp: int, wp: int, n: int, threads: int) -> None:
         """Each batch tile stage by stage, every split stage's parts spread over ``threads``
         threads sharing this thread's scratch (the parts write disjoint outputs; each stage starts
-        once the previous one is complete).  The helpers run the native worker loop (see
-        :func:`~convdsl.codegen.worker_name`) for the whole call, spinning between stages: a
-        pool hand-off per stage (a sleeping thread's wake-up) cost 0.1-0.4 ms each here."""
+        once the previous one is complete)."""
         sp = self._scratch_ptr()
-        helpers = threads - 1
-        pool = self._executor(helpers)
-        raw = np.zeros(helpers * _CTL + 8, np.int64)
-        ctl = raw[(-raw.ctypes.data % 64) // 8:][:helpers * _CTL].reshape(helpers, _CTL)
-        addrs = [ctl[j].ctypes.data for j in range(helpers)]
-        futs = [pool.submit(self._worker, a) for a in addrs]
-        wait = self._wait
-        seq = 0
         T = self.lowered.batch_tile
-        try:
-            for n0 in range(0, n, T):
-                nt = min(T, n - n0)
-                for k, (fn, extent) in enumerate(self._stages):
-                    parts = min(threads, extent)
-                    if parts <= 1:
-                        fn(xp, yp, wp, sp, n0, nt, 0, extent)
-                        continue
-                    seq += 1
-                    cuts = [extent * j // parts for j in range(parts + 1)]
-                    for j in range(1, parts):
-                        ctl[j - 1, 2:11] = (k, xp, yp, wp, sp, n0, nt, cuts[j], cuts[j + 1])
-                        ctl[j - 1, 0] = seq  # posted after its arguments (x86-64: stores stay in order)
-                    fn(xp, yp, wp, sp, n0, nt, cuts[0], cuts[1])
-                    for j in range(1, parts):
-                        wait(addrs[j - 1], seq)
-        finally:
-            ctl[:, 0] = -1
-            for f in futs:
-                f.result()
+        for n0 in range(0, n, T):
+            nt = min(T, n - n0)
+            for k, (fn, extent) in enumerate(self._stages):
+                parts = min(threads, extent)
+                if parts <= 1:
+                    fn(xp, yp, wp, sp, n0, nt, 0, extent)
+                    continue
+                cuts = [extent * j // parts for j in range(parts + 1)]
+                for j in range(1, parts):
+                    team.post(j - 1, k, (xp, yp, wp, sp, n0, nt, cuts[j], cuts[j + 1]))
+                fn(xp, yp, wp, sp, n0, nt, cuts[0], cuts[1])
+                for j in range(1, parts):
+                    team.wait(j - 1)
 
     # -- per-stage profile
     def profile(self, x: np.ndarray, packed: PackedWeights, repeat: int = 10) -> dict[str, float]:
@@ -260,19 +255,85 @@ class CompiledModel:
             out[name] = out.get(name, 0.0) + cyc / hz / repeat
         return out
 
-    def _executor(self, k: int) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pool_size < k:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix="convdsl")
-                self._pool_size = k
-            return self._pool
-
     def __del__(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)
+        team = getattr(self, "_team", None)
+        if team is not None:
+            team.close()
+
+
+class _Team:
+    """Helper threads for one compiled model, each with a control block, a wake-up event and its own
+    scratch arena.  A helper thread alternates between blocking on its event and the native job loop
+    (:func:`~convdsl.codegen.worker_name`), which returns when it has been idle for ``SPIN_CYCLES``.
+
+    Posting job ``seq`` to a helper: its arguments go into the control block, then a compare-and-swap
+    of ``ctl[0]`` from ``seq - 1`` to ``seq`` hands it to a spinning helper; if the helper has marked
+    itself asleep instead, ``ctl[0] = seq`` and its event wakes it.  The threads keep the JIT module
+    (not the model) alive, so the model can be collected, and :meth:`close` ends them."""
+
+    def __init__(self, jit: JitModule, fns: tuple, new_scratch) -> None:
+        self.pid = os.getpid()
+        self._jit = jit
+        self._worker, self._post, self._wait = fns
+        self._new_scratch = new_scratch
+        self._raw: list[np.ndarray] = []
+        self.ctl: list[np.ndarray] = []
+        self.addr: list[int] = []
+        self.seq: list[int] = []
+        self.events: list[threading.Event] = []
+        self.arenas: list[np.ndarray] = []
+        self.threads: list[threading.Thread] = []
+        raw = np.zeros(2 * _CTL + 8, np.int64)
+        self.job = raw[(-raw.ctypes.data % 64) // 8:][:2 * _CTL]  # job[0] alone on its cache line
+        self._job_raw = raw
+        self.job_addr = self.job.ctypes.data
+
+    def grow(self, k: int) -> None:
+        while len(self.ctl) < k:
+            raw = np.zeros(_CTL + 8, np.int64)
+            ctl = raw[(-raw.ctypes.data % 64) // 8:][:_CTL]
+            ctl[0] = ASLEEP
+            ev = threading.Event()
+            arena = self._new_scratch()
+            self._raw.append(raw)
+            self.ctl.append(ctl)
+            self.addr.append(ctl.ctypes.data)
+            self.seq.append(0)
+            self.events.append(ev)
+            self.arenas.append(arena)
+            t = threading.Thread(target=_helper_main, args=(self._worker, ctl.ctypes.data, ev, (self._jit, raw)),
+                                 name=f"convdsl-{len(self.ctl)}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def scratch_ptr(self, j: int) -> int:
+        return self.arenas[j].ctypes.data
+
+    def post(self, j: int, kind: int, args: tuple[int, ...]) -> None:
+        ctl = self.ctl[j]
+        ctl[2] = kind
+        ctl[3:3 + len(args)] = args
+        seq = self.seq[j] + 1
+        self.seq[j] = seq
+        if self._post(self.addr[j], seq - 1, seq) != seq - 1:  # the helper is asleep
+            ctl[0] = seq  # (the event's lock orders this after the arguments for the woken thread)
+            self.events[j].set()
+
+    def wait(self, j: int) -> None:
+        self._wait(self.addr[j], self.seq[j])
+
+    def close(self) -> None:
+        for ctl, ev in zip(self.ctl, self.events):
+            ctl[0] = EXIT
+            ev.set()
+
+
+def _helper_main(worker, ctl: int, event: threading.Event, keep: tuple) -> None:
+    while True:
+        event.wait()
+        event.clear()
+        if worker(ctl, SPIN_CYCLES):
+            return
 
 
 _DATA_OFFSET = _find_data_offset()

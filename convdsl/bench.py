@@ -51,7 +51,11 @@ COMPETITORS = ENGINES[1:]
 DEFAULT_COMPARE = "torch,torch-compile,onnxruntime,numpy"
 RTOL, ATOL = 1e-4, 1e-5  # atol is scaled by max(1, max |convdsl output|)
 MAX_ROUNDS = 10  # alternation rounds per configuration
-SWITCH_PAUSE = 0.002  # seconds: the slice in which the process must be idle before the next engine runs
+# seconds: the slice in which the process must be idle before the next engine runs.  The kernel brings
+# the CPU time of the process's *other* threads up to date only at scheduler ticks (every 4 ms here),
+# so a slice must span several ticks: 2 ms slices alternately read 0 and 2 cores while OpenBLAS's
+# helper spun, and let the next engine start beside it.
+SWITCH_PAUSE = 0.025
 SETTLE_MAX = 0.5  # seconds: the longest wait for spinning thread pools to go to sleep
 BUSY_WARNING = 0.25  # cores used by other processes during a configuration that make it unreliable
 LAYERS_NOTE = ("per-layer times are differences of medians of the network cut after each layer; an "

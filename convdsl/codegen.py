@@ -463,10 +463,17 @@ def _stage_entry(module: ir.Module, prog: L.Program, k: int, kernel: str, extent
 
 
 def worker_name(prog: L.Program) -> str:
-    """``(ctl*)``: a helper thread's loop for split stages, spinning on a control block of int64s:
-    ``ctl[0]`` job number (posted last by the caller; negative: return), ``ctl[1]`` the number of
-    the last job done, ``ctl[2]`` the stage, ``ctl[3..10]`` its arguments as :func:`stage_name`
-    takes them.  Spinning (not sleeping) keeps the hand-off at a few hundred nanoseconds."""
+    """``(ctl*, spin_cycles) -> i64``: a helper thread's job loop, on a control block of int64s:
+    ``ctl[0]`` the number of the last job posted (:func:`post_name`), ``ctl[1]`` that of the last
+    job done, ``ctl[2]`` the job's kind (stage ``k`` for ``0 <= k < len(prog.stages)``, taking
+    ``ctl[3..10]`` as :func:`stage_name` takes its arguments; ``len(prog.stages)``: a share of a
+    batch, :func:`batch_name` of ``(ctl[3], ctl[4])``).
+
+    Between jobs the helper spins (``pause`` and ``sched_yield``) for up to ``spin_cycles``
+    cycle-counter ticks, so back-to-back calls and the stages of one call hand over in well under a
+    microsecond; then it marks itself asleep (``ctl[0] = ASLEEP``, by compare-and-swap, so a job
+    posted meanwhile is not lost) and returns 0 for its thread to block.  ``ctl[0] == EXIT``:
+    returns 1."""
     return re.sub(r"\W", "_", prog.name) + "_worker"
 
 
@@ -475,78 +482,166 @@ def wait_name(prog: L.Program) -> str:
     return re.sub(r"\W", "_", prog.name) + "_wait"
 
 
-def _worker(module: ir.Module, prog: L.Program, stages: list[ir.Function]) -> None:
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), name=worker_name(prog))
-    _attrs(fn, prog)
-    (ctl,) = fn.args
-    entry, loop, spin, check, work, done, exit_ = (fn.append_basic_block(n) for n in
-                                                   ("entry", "loop", "spin", "check", "work", "done", "exit"))
-    b = ir.IRBuilder(entry)
-    b.branch(loop)
-    b.position_at_end(loop)
-    last = b.phi(I64, name="last")
-    last.add_incoming(ir.Constant(I64, 0), entry)
-    seq = b.load_atomic(ctl, "acquire", 8, typ=I64)
-    b.cbranch(b.icmp_signed("==", seq, last), spin, check)
-    b.position_at_end(spin)
-    pause = None
-    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
-        pause = module.globals.get("llvm.x86.sse2.pause") or ir.Function(
-            module, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
-        b.call(pause, [])
+def post_name(prog: L.Program) -> str:
+    """``(ctl*, expected, seq) -> i64``: hand job ``seq`` (its arguments already in ``ctl``) to a
+    spinning helper by ``ctl[0]``: ``expected -> seq`` compare-and-swap; returns the old value
+    (``ASLEEP``: the helper has left its loop; the caller posts and wakes it by other means)."""
+    return re.sub(r"\W", "_", prog.name) + "_post"
+
+
+def batch_name(prog: L.Program) -> str:
+    """``(job*, scratch*)``: take chunks of a shared batch until none is left, running the entry on
+    each with this thread's scratch.  ``job`` holds int64s: ``job[0]`` the next chunk (taken by
+    atomic increment; on its own cache line), ``job[8..12]`` input*, output*, weights*, ``n`` and the
+    images per chunk.  Chunks taken as needed balance the threads when one is slowed down."""
+    return re.sub(r"\W", "_", prog.name) + "_batch"
+
+
+ASLEEP = -2  # ctl[0]: the helper has left its spin loop
+EXIT = -1  # ctl[0]: the helper should return for good
+
+
+def _spin_pause(b: ir.IRBuilder, module: ir.Module) -> None:
     # Yield the core on every turn: with other busy threads on the machine (another engine's
     # spinning pool, another process), a pure spin can hold a core the thread it waits for
     # needs, and the hand-off then costs a whole scheduler slice.  A yield with nothing else
     # runnable returns at once, so an idle machine keeps the fast hand-off.
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        pause = module.globals.get("llvm.x86.sse2.pause") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
+        b.call(pause, [])
     sched_yield = _sched_yield(module)
     if sched_yield is not None:
         b.call(sched_yield, [])
-    last.add_incoming(last, spin)
+
+
+def _i64_at(b: ir.IRBuilder, p: ir.Value, i: int) -> ir.Value:
+    return b.gep(p, [ir.Constant(I64, i)], inbounds=True, source_etype=I64)
+
+
+def _batch_fn(module: ir.Module, prog: L.Program, entry: ir.Function) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name=batch_name(prog))
+    _attrs(fn, prog)
+    job, s = fn.args
+    head, take, run, exit_ = (fn.append_basic_block(n) for n in ("entry", "take", "run", "exit"))
+    b = ir.IRBuilder(head)
+
+    def field(i: int) -> ir.Value:
+        return b.load(_i64_at(b, job, i), typ=I64, align=8)
+
+    x, y, w = (b.inttoptr(field(8 + i), PTR) for i in range(3))
+    n, g = field(11), field(12)
+    per_in = ir.Constant(I64, prog.buffer("input").size)
+    per_out = ir.Constant(I64, prog.buffer("output").size)
+    b.branch(take)
+    b.position_at_end(take)
+    chunk = b.atomic_rmw("add", job, ir.Constant(I64, 1), "monotonic")
+    a = b.mul(chunk, g)
+    b.cbranch(b.icmp_signed("<", a, n), run, exit_)
+    b.position_at_end(run)
+    rest = b.sub(n, a)
+    cnt = b.select(b.icmp_signed("<", rest, g), rest, g)
+    xa = b.gep(x, [b.mul(a, per_in)], inbounds=True, source_etype=F32)
+    ya = b.gep(y, [b.mul(a, per_out)], inbounds=True, source_etype=F32)
+    b.call(entry, [xa, ya, w, s, cnt])
+    b.branch(take)
+    b.position_at_end(exit_)
+    b.ret_void()
+    return fn
+
+
+def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[ir.Function]) -> None:
+    """The helper-thread entries: :func:`worker_name`, :func:`wait_name`, :func:`post_name`,
+    :func:`batch_name`."""
+    batch = _batch_fn(module, prog, entry)
+    clock = _cycle_counter(module)
+    fn = ir.Function(module, ir.FunctionType(I64, [PTR, I64]), name=worker_name(prog))
+    _attrs(fn, prog)
+    ctl, budget = fn.args
+    head, loop, spin, sleep, check, work, done, slept, leave = (fn.append_basic_block(n) for n in (
+        "entry", "loop", "spin", "sleep", "check", "work", "done", "slept", "leave"))
+    b = ir.IRBuilder(head)
+    last0 = b.load_atomic(_i64_at(b, ctl, 1), "acquire", 8, typ=I64)
+    t0 = b.call(clock, [])
     b.branch(loop)
+
+    b.position_at_end(loop)
+    last = b.phi(I64, name="last")
+    since = b.phi(I64, name="since")  # cycle count when the helper last became idle
+    last.add_incoming(last0, head)
+    since.add_incoming(t0, head)
+    seq = b.load_atomic(ctl, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_signed("==", seq, last), spin, check)
+
+    b.position_at_end(spin)
+    _spin_pause(b, module)
+    idle = b.sub(b.call(clock, []), since)
+    b.cbranch(b.icmp_signed(">", idle, budget), sleep, loop)
+    last.add_incoming(last, spin)
+    since.add_incoming(since, spin)
+
+    b.position_at_end(sleep)
+    cx = b.cmpxchg(ctl, last, ir.Constant(I64, ASLEEP), "acq_rel", "acquire")
+    b.cbranch(b.extract_value(cx, 1), slept, loop)  # lost the race to a new job: take it
+    last.add_incoming(last, sleep)
+    since.add_incoming(since, sleep)
+
     b.position_at_end(check)
-    b.cbranch(b.icmp_signed("<", seq, ir.Constant(I64, 0)), exit_, work)
+    b.cbranch(b.icmp_signed("<", seq, ir.Constant(I64, 0)), leave, work)
+    b.position_at_end(leave)  # EXIT (ASLEEP cannot be seen here: only this loop writes it)
+    b.ret(ir.Constant(I64, 1))
+    b.position_at_end(slept)
+    b.ret(ir.Constant(I64, 0))
+
     b.position_at_end(work)
 
     def arg(i: int) -> ir.Value:
-        return b.load(b.gep(ctl, [ir.Constant(I64, i)], inbounds=True, source_etype=I64), typ=I64, align=8)
+        return b.load(_i64_at(b, ctl, i), typ=I64, align=8)
 
     k = arg(2)
-    argv = [b.inttoptr(arg(3 + j), PTR) for j in range(4)] + [arg(7 + j) for j in range(4)]
     sw = b.switch(k, done)
     for i, f in enumerate(stages):
         bb = fn.append_basic_block(f"stage{i}")
         sw.add_case(ir.Constant(I64, i), bb)
         b.position_at_end(bb)
-        b.call(f, argv)
+        b.call(f, [b.inttoptr(arg(3 + j), PTR) for j in range(4)] + [arg(7 + j) for j in range(4)])
         b.branch(done)
+    bb = fn.append_basic_block("batch")
+    sw.add_case(ir.Constant(I64, len(stages)), bb)
+    b.position_at_end(bb)
+    b.call(batch, [b.inttoptr(arg(3), PTR), b.inttoptr(arg(4), PTR)])
+    b.branch(done)
     b.position_at_end(done)
     # (an atomic exchange: llvmlite's store_atomic does not take opaque pointers)
-    b.atomic_rmw("xchg", b.gep(ctl, [ir.Constant(I64, 1)], inbounds=True, source_etype=I64), seq, "release")
+    b.atomic_rmw("xchg", _i64_at(b, ctl, 1), seq, "release")
     last.add_incoming(seq, done)
+    since.add_incoming(b.call(clock, []), done)
     b.branch(loop)
-    b.position_at_end(exit_)
-    b.ret_void()
 
-    # ``wait(ctl*, seq)``: spin until the helper of ``ctl`` has done job ``seq`` (called through
-    # ctypes, so the caller's thread waits without the GIL)
+    # ``wait(ctl*, seq)`` (called through ctypes, so the caller's thread waits without the GIL)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), name=wait_name(prog))
     _attrs(fn, prog)
     ctl, want = fn.args
-    entry, loop, spin, exit_ = (fn.append_basic_block(n) for n in ("entry", "loop", "spin", "exit"))
-    b = ir.IRBuilder(entry)
-    done_p = b.gep(ctl, [ir.Constant(I64, 1)], inbounds=True, source_etype=I64)
+    head, loop, spin, exit_ = (fn.append_basic_block(n) for n in ("entry", "loop", "spin", "exit"))
+    b = ir.IRBuilder(head)
+    done_p = _i64_at(b, ctl, 1)
     b.branch(loop)
     b.position_at_end(loop)
     got = b.load_atomic(done_p, "acquire", 8, typ=I64)
     b.cbranch(b.icmp_signed("==", got, want), exit_, spin)
     b.position_at_end(spin)
-    if pause is not None:
-        b.call(pause, [])
-    if sched_yield is not None:
-        b.call(sched_yield, [])
+    _spin_pause(b, module)
     b.branch(loop)
     b.position_at_end(exit_)
     b.ret_void()
+
+    # ``post(ctl*, expected, seq) -> old``
+    fn = ir.Function(module, ir.FunctionType(I64, [PTR, I64, I64]), name=post_name(prog))
+    _attrs(fn, prog)
+    ctl, expected, seq = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cx = b.cmpxchg(ctl, expected, seq, "acq_rel", "acquire")
+    b.ret(b.extract_value(cx, 0))
 
 
 def _sched_yield(module: ir.Module) -> ir.Function | None:
@@ -595,8 +690,7 @@ def codegen(prog: L.Program) -> ir.Module:
     g.finish()
     _arrays_entry(module, prog, fn)
     stage_fns = [_stage_entry(module, prog, k, kn, extent, kernels) for k, (kn, extent) in enumerate(prog.stages)]
-    if stage_fns:
-        _worker(module, prog, stage_fns)
+    _team(module, prog, fn, stage_fns)
     if any(b.name == L.PROFILE_BUFFER for b in prog.buffers):
         fn = ir.Function(module, ir.FunctionType(I64, []), name=cycles_name(prog))
         cb = ir.IRBuilder(fn.append_basic_block("entry"))

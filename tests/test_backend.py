@@ -261,14 +261,70 @@ def test_lenet_conv_asm_has_packed_fma():
 
 
 def test_threads_agree():
+    """Batch split over helper threads: every batch size (ragged chunks, fewer images than threads,
+    more threads than chunks) gives bit-identical results to one thread."""
     cm = lenet().bind({})
     c = compile_model(cm)
     rng = np.random.default_rng(1)
     w = c.pack_weights(random_weights(cm, rng))
     x = rng.standard_normal((37, 1, 28, 28)).astype(np.float32)
     one = c.run(x, w, threads=1)
-    np.testing.assert_array_equal(c.run(x, w, threads=2), one)
-    np.testing.assert_array_equal(c.run(x, w, threads=3), one)
+    for t in (2, 3, 5):
+        for n in (37, 2, 3, 8, 9, 17, 16):
+            np.testing.assert_array_equal(c.run(x[:n], w, threads=t), one[:n], err_msg=f"{t} threads, batch {n}")
+
+
+def test_helper_threads_life_cycle():
+    """Helpers hand over while spinning (back-to-back calls) and after blocking (an idle pause
+    longer than their spin); they stop when the model is collected; concurrent callers fall back
+    to their own thread and still get the right answer."""
+    import gc
+    import threading
+    import time
+
+    from convdsl import backend
+
+    cm = lenet(relu=True).bind({})
+    c = compile_model(cm)
+    rng = np.random.default_rng(2)
+    w = c.pack_weights(random_weights(cm, rng))
+    x = rng.standard_normal((24, 1, 28, 28)).astype(np.float32)
+    one = c.run(x, w, threads=1)
+    for _ in range(20):  # spinning hand-over
+        np.testing.assert_array_equal(c.run(x, w, threads=2), one)
+    team = c._team
+    assert team is not None and len(team.ctl) == 1
+    deadline = time.monotonic() + 5
+    while team.ctl[0][0] != backend.ASLEEP and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert team.ctl[0][0] == backend.ASLEEP, "an idle helper should block, not spin on"
+    np.testing.assert_array_equal(c.run(x, w, threads=2), one)  # woken from its event
+
+    results, errors = [], []
+
+    def call():
+        try:
+            for _ in range(10):
+                results.append(c.run(x, w, threads=3))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert not errors and len(results) == 30
+    for r in results:
+        np.testing.assert_array_equal(r, one)
+
+    helpers = list(team.threads)
+    assert len(helpers) == 2
+    del c, team
+    gc.collect()
+    for t in helpers:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in helpers), "helper threads outlive their model"
 
 
 def test_batch_is_runtime():
