@@ -169,7 +169,7 @@ class CompiledModel:
             # (a concurrent multi-thread call finds the helpers busy and runs on its own thread)
             try:
                 team = self._helpers(threads - 1)
-                if n < threads and self._stages:
+                if n < threads and self._stages and n <= self.lowered.batch_tile:
                     self._run_split(team, _data(x), _data(out), packed.ptr, n, threads)
                 else:
                     self._run_batch(team, _data(x), _data(out), packed.ptr, n, threads)
@@ -192,9 +192,10 @@ class CompiledModel:
         return team
 
     def _run_batch(self, team: "_Team", xp: int, yp: int, wp: int, n: int, threads: int) -> None:
-        """The batch in chunks the threads take as they go: whole batch tiles where the batch has
-        enough of them, else ``ceil(n / threads)`` images, so each thread gets a share."""
-        tile = self.lowered.batch_tile
+        """The batch in chunks the threads take as they go: whole batch tiles (dense tiles, for a
+        model with a dense tail) where the batch has enough of them, else ``ceil(n / threads)``
+        images, so each thread gets a share."""
+        tile = self.lowered.outer_tile or self.lowered.batch_tile
         rounds = -(-n // (threads * tile))
         per = -(-n // (threads * rounds))
         chunks = -(-n // per)

@@ -22,10 +22,17 @@ Algorithm (what), independent of the schedule:
 Schedule (how): vector width, register blocks of the conv micro-kernel
 (output-channel vectors x output-width positions) and of the dense
 micro-kernel (output vectors x images), the batch tile (scratch holds one
-tile; the entry loops over tiles), loop order, unrolling of the kernel width,
+tile; the entry loops over tiles), the dense tile (see below), loop order, unrolling of the kernel width,
 whether a non-overlapping pool runs in the conv micro-kernel's epilogue
 (``fuse_pool``: the micro-kernel then blocks over pooling windows and the conv
 output never reaches memory), and per-stage cycle counters (``profile``).
+
+Dense tail: when a network ends in dense layers whose weights outgrow the
+caches (``Schedule.dense_tail_bytes``), the entry runs two tile levels.  The
+layers before them run on batch tiles as usual, each tile's result landing in
+a buffer of ``dense_tile`` images; the dense layers then run once over that
+buffer, so their weights stream from memory once per ``dense_tile`` images
+instead of once per batch tile.
 """
 
 from __future__ import annotations
@@ -242,6 +249,7 @@ class Lowered:
     batch_tile: int
     stage_names: tuple[str, ...] = ()  # the layer each entry call computes (profile counter order)
     profile_offset: int = -1  # float offset of the cycle counters (int64 each) in scratch, or -1
+    outer_tile: int = 0  # images per pass through a dense tail (a multiple of batch_tile); 0: no tail
 
 
 # ----------------------------------------------------------------------------- stages
@@ -927,6 +935,23 @@ def _macs_per_image(stages: list[_Stage]) -> int:
     return total
 
 
+TAIL_KINDS = ("dense", "flatten", "softmax", "unpack")
+
+
+def _dense_tail(stages: list[_Stage], schedule: Schedule) -> int:
+    """Index of the first stage of the dense tail (a suffix of dense, flatten and softmax stages
+    starting with a dense one) worth running on ``dense_tile`` images, or 0 for none."""
+    k = len(stages)
+    while k > 1 and stages[k - 1].kind in TAIL_KINDS:
+        k -= 1
+    while k < len(stages) and stages[k].kind != "dense":
+        k += 1
+    if k >= len(stages) or schedule.dense_tile <= schedule.batch_tile:
+        return 0
+    weights = sum(math.prod(st.in_shape) * st.out_shape[0] for st in stages[k:] if st.kind == "dense")
+    return k if 4 * weights >= schedule.dense_tail_bytes else 0
+
+
 def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
     """The loop program and weight-packing plan of ``cm`` under ``schedule``."""
     V = schedule.vector_width
@@ -945,6 +970,15 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
     out_lay = Layout(*out_chw, blocked=False, V=V)
     y = _Tensor("output", out_lay, True)
     b.buffers.append(L.Buffer("output", "output", out_lay.size))
+
+    # Dense tail (module docstring): the kernel writing its input (the boundary) addresses that
+    # buffer like the caller's arrays, at the image offset the entry passes as its n0; it must not
+    # read the caller's input itself (that needs the absolute n0).
+    tail = _dense_tail(stages, schedule)
+    T2 = -(-schedule.dense_tile // T) * T if tail else T
+    if tail == 1:  # dense layers right after the input: no activations to keep small, one tile level
+        T, tail = T2, 0
+    bounds = [0, 0]  # stage kernels [bounds[0], bounds[1]) write the boundary; the tail follows
 
     cur = x
     k = 1 if skip_pack else 0
@@ -965,8 +999,15 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
         planar_ok, halo, fill = _input_requirements(stages[k])
         blocked = not (planar_ok and st.kind == "pack")
         lay = Layout(*result.out_shape, blocked=blocked, V=V, halo=halo)
-        buf = b.scratch(f"{result.name}.out" if st.kind != "pack" else "input.packed", T * lay.size, fill)
-        dst = _Tensor(buf, lay, False)
+        boundary = tail and k == tail
+        if boundary and cur.user:
+            tail, T2, boundary = 0, T, False
+        in_tail = tail and k > tail
+        buf = b.scratch(f"{result.name}.out" if st.kind != "pack" else "input.packed",
+                        (T2 if boundary or in_tail else T) * lay.size, fill)
+        dst = _Tensor(buf, lay, bool(boundary))
+        if boundary:
+            bounds[0] = len(b.stages)
         match st.kind:
             case "pack":
                 _emit_pack(b, st, cur, dst)
@@ -986,20 +1027,36 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
                 raise AssertionError
             case _:
                 assert_never(st.kind)
+        if boundary:
+            bounds[1] = len(b.stages)
+            dst = _Tensor(buf, lay, False)  # the tail reads it from image 0
         cur = dst
 
     profile_offset = -1
     if schedule.profile:
         b.scratch(L.PROFILE_BUFFER, 2 * len(b.stages), 0.0)  # one int64 per stage
         profile_offset = b.buffers[-1].offset
-    entry: list[L.Stmt] = [L.For("n0", L.IConst(0), L.IVar("n"), T, (
-        L.LetIndex("nt", imin(T, isub("n", "n0"))),
-        *(L.Call(kn, (L.IVar("n0"), L.IVar("nt"), *((L.IConst(0), L.IConst(e)) if e else ())),
-                 k if schedule.profile else -1) for k, (kn, e) in enumerate(zip(b.stages, b.extents))),
-    ))]
+
+    def calls(lo: int, hi: int, n0: L.Index, nt: L.Index) -> list[L.Stmt]:
+        return [L.Call(kn, (n0, nt, *((L.IConst(0), L.IConst(e)) if e else ())), k if schedule.profile else -1)
+                for k, (kn, e) in enumerate(zip(b.stages, b.extents)) if lo <= k < hi]
+
+    S = len(b.stages)
+    if not tail:
+        entry: list[L.Stmt] = [L.For("n0", L.IConst(0), L.IVar("n"), T, (
+            L.LetIndex("nt", imin(T, isub("n", "n0"))), *calls(0, S, L.IVar("n0"), L.IVar("nt"))))]
+    else:
+        end = iadd("N0", "NT")
+        entry = [L.For("N0", L.IConst(0), L.IVar("n"), T2, (
+            L.LetIndex("NT", imin(T2, isub("n", "N0"))),
+            L.For("n0", L.IVar("N0"), end, T, (
+                L.LetIndex("nt", imin(T, isub(end, "n0"))),
+                *calls(0, bounds[0], L.IVar("n0"), L.IVar("nt")),
+                *calls(bounds[0], bounds[1], isub("n0", "N0"), L.IVar("nt")))),
+            *calls(bounds[1], S, L.IVar("N0"), L.IVar("NT"))))]
     prog = L.Program(cm.model.name, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
                      max(b.wsize, ALIGN), max(b.ssize, ALIGN),
                      tuple(zip(b.stages, b.extents)) if b.split else ())
     L.verify(prog)
     return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), tuple(cm.input_shape),
-                   tuple(cm.output_shape), T, tuple(b.labels), profile_offset)
+                   tuple(cm.output_shape), T, tuple(b.labels), profile_offset, T2 if tail else 0)

@@ -27,6 +27,11 @@ class Schedule:
     dense_out_block: int = 3  # output-feature vectors per dense micro-kernel (max)
     dense_batch_block: int = 4  # images per dense micro-kernel (max)
     batch_tile: int = 8  # images per pass through the whole network (scratch holds one tile)
+    # a network ending in dense layers with at least this many bytes of weights runs them on tiles of
+    # ``dense_tile`` images (rounded up to whole batch tiles), so their weights stream from memory
+    # once per dense tile rather than once per batch tile (see convdsl.lower)
+    dense_tile: int = 64
+    dense_tail_bytes: int = 1 << 20
     unroll_kernel_w: bool = True  # fully unroll the kw loop of conv and pool windows
     oc_outer: bool = True  # conv loop order: output-channel blocks outside rows (else rows outside)
     # a following non-overlapping pool in the conv micro-kernel's epilogue: "auto" where that keeps
@@ -42,7 +47,7 @@ class Schedule:
         assert self.vector_width >= 1 and self.vector_width & (self.vector_width - 1) == 0
         assert self.oc_block >= 1 and self.ow_block >= 1
         assert self.dense_out_block >= 1 and self.dense_batch_block >= 1
-        assert self.batch_tile >= 1
+        assert self.batch_tile >= 1 and self.dense_tile >= 1 and self.dense_tail_bytes >= 0
         assert self.split_macs >= 0
         assert self.fuse_pool in ("off", "auto", "always")
 

@@ -574,6 +574,61 @@ def test_split_stages_agree(name):
                 np.testing.assert_array_equal(c.run(x, w, threads=t), one)
 
 
+TAIL_CASES = {
+    # the dense tail's input written by: a conv with its pool fused; a separate average pool (tanh
+    # does not fuse); a global average pool; a conv reading the caller's array (no second tile
+    # level then); a conv with a softmax in the tail; nothing but the input (an MLP: one level,
+    # of dense tiles)
+    "conv_pool": net((3, 12, 10), conv(8, 3, padding=1), act("relu"), pool("max", 2), flatten(), dense(40),
+                     act("sigmoid"), dense(7)),
+    "avg_softmax": net((2, 9, 9), conv(6, 3, padding=1), act("tanh"), pool("avg", 3), flatten(), dense(30),
+                       dense(5), softmax()),
+    "gap": net((4, 7, 6), conv(12, 3, stride=2), gap(), flatten(), dense(20), act("relu"), dense(4)),
+    "first_conv": net((2, 6, 6), conv(4, 3), flatten(), dense(9)),
+    "conv_softmax": net((3, 8, 8), conv(5, 3, padding=1), act("relu"), flatten(), dense(17), act("tanh"),
+                          flatten(), softmax()),
+    "mlp": net((24, 1, 1), flatten(), dense(30), act("relu"), dense(10)),
+}
+
+
+@pytest.mark.parametrize("name", list(TAIL_CASES))
+def test_dense_tail_tiles(name):
+    """Dense tails on tiles of several batch tiles (thresholds forced low): every batch size
+    (ragged inner and outer tiles), one and several threads, the stage split too, against the
+    reference; more threads give bit-identical results."""
+    cm = TAIL_CASES[name].bind({})
+    rng = np.random.default_rng(6)
+    wd = random_weights(cm, rng)
+    x = rng.standard_normal((41, *cm.input_shape)).astype(np.float32)
+    want = run_reference(cm, wd, x)
+    for s in (replace(VEC, dense_tail_bytes=0, dense_tile=16, batch_tile=4),
+              replace(SCALAR, dense_tail_bytes=0, dense_tile=12, batch_tile=5),
+              replace(VEC, dense_tail_bytes=0, dense_tile=16, batch_tile=4, split_macs=1)):
+        c = compile_model(cm, s)
+        dense_tile = -(-s.dense_tile // s.batch_tile) * s.batch_tile  # whole batch tiles
+        if name == "first_conv":
+            assert c.lowered.outer_tile == 0, "a conv reading the caller's array cannot write a dense tile"
+        elif name == "mlp":
+            assert c.lowered.outer_tile == 0 and c.lowered.batch_tile == dense_tile
+        else:
+            assert c.lowered.outer_tile == dense_tile
+        w = c.pack_weights(wd)
+        for n in (1, 3, 4, 5, 16, 17, 33, 41):
+            one = c.run(x[:n], w, threads=1)
+            np.testing.assert_allclose(one, want[:n], rtol=RTOL, atol=ATOL, err_msg=f"{name}, batch {n}, {s}")
+            for t in (2, 3):
+                np.testing.assert_array_equal(c.run(x[:n], w, threads=t), one)
+
+
+def test_dense_tail_threshold():
+    """The default schedule gives a second tile level only to dense weights past the caches."""
+    from convdsl.lower import lower
+
+    assert lower(lenet().bind({}), VEC).outer_tile == 0  # LeNet: 0.24 MB of dense weights
+    big = net((8, 6, 6), conv(16, 3, padding=1), act("relu"), flatten(), dense(1024), act("relu"), dense(10)).bind({})
+    assert lower(big, VEC).outer_tile == VEC.dense_tile  # 2.4 MB
+
+
 def test_split_threshold():
     """Small models (LeNet) keep the plain entry only; the threshold counts multiply-adds."""
     from convdsl.lower import lower
