@@ -32,6 +32,11 @@ class Schedule:
     # once per dense tile rather than once per batch tile (see convdsl.lower)
     dense_tile: int = 64
     dense_tail_bytes: int = 1 << 20
+    # 3x3 stride-1 convs by Winograd F(2x2, 3x3) (2.25x fewer multiplies; vector schedules only)
+    # where both channel counts are at least winograd_min_channels and their product at least twice
+    # its square
+    winograd: bool = True
+    winograd_min_channels: int = 16
     unroll_kernel_w: bool = True  # fully unroll the kw loop of conv and pool windows
     oc_outer: bool = True  # conv loop order: output-channel blocks outside rows (else rows outside)
     # a following non-overlapping pool in the conv micro-kernel's epilogue: "auto" where that keeps
@@ -48,6 +53,7 @@ class Schedule:
         assert self.oc_block >= 1 and self.ow_block >= 1
         assert self.dense_out_block >= 1 and self.dense_batch_block >= 1
         assert self.batch_tile >= 1 and self.dense_tile >= 1 and self.dense_tail_bytes >= 0
+        assert self.winograd_min_channels >= 1
         assert self.split_macs >= 0
         assert self.fuse_pool in ("off", "auto", "always")
 

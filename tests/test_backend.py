@@ -236,6 +236,93 @@ def test_heads_match_torch(case, seed):
     _differential(*case, seed)
 
 
+# ----------------------------------------------------------------------------- Winograd F(2x2, 3x3)
+
+WINO = replace(VEC, winograd_min_channels=1)  # every 3x3 stride-1 conv of 2 channels or more
+
+
+@st.composite
+def winograd_net(draw):
+    """3x3 stride-1 convs (Winograd with WINO) with every padding form, odd and even sizes,
+    channel counts on and off the vector width, any activation, then a consumer that needs a halo
+    or none (conv, pool, dense)."""
+    c, h, w = draw(st.integers(2, 20)), draw(st.integers(2, 13)), draw(st.integers(2, 13))
+    pad = draw(st.sampled_from([0, 1, 2, "same", (1, 0), (0, 2), (2, 1, 0, 1)]))
+    layers = [conv(draw(st.integers(1, 20)), 3, padding=pad, bias=draw(st.booleans()))]
+    shape = layers[0][1]((c, h, w))[1]
+    if min(shape[1:]) < 2:
+        pad = 1
+        layers = [conv(layers[0][1]((c, h, w))[1][0], 3, padding=1)]
+    a = draw(ACTS)
+    if a:
+        layers.append(act(a))
+    nxt = draw(st.sampled_from(["conv", "pool", "dense", "none"]))
+    if nxt == "conv":
+        layers += [conv(draw(st.integers(1, 12)), 3, padding=1), act("relu")]
+    elif nxt == "pool":
+        layers.append(pool("max", 2))
+    elif nxt == "dense":
+        layers += [flatten(), dense(draw(st.integers(1, 20)))]
+    return net((c, h, w), *layers), draw(st.integers(1, 11))
+
+
+@settings(max_examples=35, **SETTINGS)
+@given(winograd_net(), st.integers(0, 2**31))
+def test_winograd_matches_torch(case, seed):
+    """Winograd convs against PyTorch's direct convolution, on one and two threads, with and
+    without the intra-image split."""
+    model, batch = case
+    cm = model.bind({})
+    rng = np.random.default_rng(seed)
+    w = random_weights(cm, rng)
+    x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
+    expect = torch_run(cm, w, x)
+    for s in (WINO, replace(WINO, split_macs=1)):
+        c = compile_model(cm, s)
+        assert any(k.name.startswith("winograd_") for k in c.program.kernels)
+        packed = c.pack_weights(w)
+        got = c.run(x, packed)
+        np.testing.assert_allclose(got, expect, rtol=RTOL, atol=ATOL)
+        np.testing.assert_array_equal(c.run(x, packed, threads=2), got)
+
+
+def test_winograd_choice():
+    """Winograd only where it pays: 3x3, stride 1, undilated, ungrouped, enough channels, a vector
+    schedule; the VGG examples' deeper convs take it, their first (1 or 3 channels) does not."""
+    from convdsl.lower import lower
+
+    def kinds(model, s=VEC):
+        return [k.name.rstrip("0123456789") for k in lower(model.bind({}), s).program.kernels
+                if k.name.startswith(("conv_", "winograd_"))]
+
+    assert kinds(net((32, 8, 8), conv(32, 3, padding=1))) == ["winograd_"]
+    assert kinds(net((16, 8, 8), conv(16, 3, padding=1))) == ["conv_"]  # 16 x 16 channels: measured slower
+    for other in (conv(32, 3, stride=2), conv(32, 3, dilation=2), conv(32, 3, groups=2), conv(32, 5), conv(32, 1)):
+        assert kinds(net((32, 9, 9), other)) == ["conv_"]
+    assert kinds(net((32, 8, 8), conv(32, 3, padding=1)), SCALAR) == ["conv_"]
+    assert kinds(net((32, 8, 8), conv(32, 3, padding=1)), replace(VEC, winograd=False)) == ["conv_"]
+
+
+def test_winograd_weights_are_the_transform():
+    """The packed weights are G g G^T, checked against the transform computed by hand for one
+    kernel: each 4x4 block holds the 1-D transform of the rows then the columns."""
+    cm = net((8, 6, 6), conv(8, 3, padding=1, bias=False)).bind({})
+    c = compile_model(cm, WINO)
+    g = np.arange(8 * 8 * 9, dtype=np.float32).reshape(8, 8, 3, 3) / 100
+    arena = c.pack_weights({"conv1.weight": g}).arena
+    V = c.program.vector_width
+    Cp, Ob = -(-8 // V) * V, -(-8 // V)
+
+    def t1(v):  # F(2, 3)'s filter transform of a length-3 vector
+        return np.array([v[0], (v[0] + v[1] + v[2]) / 2, (v[0] - v[1] + v[2]) / 2, v[2]])
+
+    o, ci = 5, 3
+    rows = np.array([t1(r) for r in g[o, ci].astype(np.float64)])  # 3 x 4
+    want = np.array([t1(rows[:, j]) for j in range(4)]).T  # 4 x 4
+    got = np.array([arena[((xi * Ob + o // V) * Cp + ci) * V + o % V] for xi in range(16)]).reshape(4, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- (d) asm, (e) threads, (f) batch
 
 
