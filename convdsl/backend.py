@@ -14,7 +14,7 @@ Threads: a call with ``threads > 1`` runs on helper threads that stay with the
 model (:class:`_Team`).  Each spins in the module's native job loop
 (``codegen.worker_name``) for a while after its last job, then blocks: calls in
 a loop hand over in well under a microsecond, and an idle model uses no CPU.
-A batch is cut into chunks of whole batch tiles that the threads take as they
+A batch is cut into chunks of about a batch tile that the threads take as they
 go (``codegen.batch_name``), each thread with its own scratch arena, so a
 thread slowed down by another process takes fewer chunks.
 
@@ -63,10 +63,10 @@ _POST = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes
 _BATCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _CYCLES = ctypes.CFUNCTYPE(ctypes.c_int64)
 _CTL = 16  # int64s per helper thread's control block (two cache lines: no false sharing)
-# How long an idle helper spins before it blocks, in cycle-counter ticks (~0.3-1 ms at 1-3 GHz):
-# longer than the Python overhead between two calls in a loop, short enough that a model called
-# once in a while does not hold a core.
-SPIN_CYCLES = 1_000_000
+# How long an idle helper spins before it blocks, in turns of pause + sched_yield (0.8 us each on
+# this project's machine, so 0.8 ms): longer than the Python overhead between two calls in a loop,
+# short enough that a model called once in a while does not hold a core.
+SPIN_TURNS = 1000
 
 
 def _find_data_offset() -> int | None:
@@ -114,11 +114,10 @@ class CompiledModel:
                           _WAIT(jit.address(wait_name(self.program))))
         self.input_shape = lowered.input_shape
         self.output_shape = lowered.output_shape
-        self._in_per_image = int(np.prod(self.input_shape))
-        self._out_per_image = int(np.prod(self.output_shape))
         self._local = threading.local()
         self._team_lock = threading.Lock()  # one multi-thread call at a time owns the helpers
         self._team: _Team | None = None
+        self._pid = os.getpid()
 
     # -- introspection
     @property
@@ -142,18 +141,11 @@ class CompiledModel:
         return PackedWeights(arena, arena.ctypes.data)
 
     # -- scratch arenas: one per thread (halos pre-filled once), reused across calls
-    def _new_scratch(self) -> np.ndarray:
-        s = aligned_zeros(self.program.scratch_size)
-        for b in self.program.buffers:
-            if b.kind == "scratch" and b.fill != 0.0:
-                s[b.offset:b.offset + b.size] = b.fill
-        return s
-
     def _scratch_ptr(self) -> int:
         local = self._local
         ptr = getattr(local, "ptr", None)
         if ptr is None:
-            local.arena = self._new_scratch()  # kept alive by the thread-local
+            local.arena = new_scratch(self.program)  # kept alive by the thread-local
             ptr = local.ptr = local.arena.ctypes.data
         return ptr
 
@@ -165,14 +157,17 @@ class CompiledModel:
         out = np.empty((n, *self.output_shape), dtype=np.float32)
         if n == 0:
             return out
+        if self._pid != os.getpid():  # a forked child: none of the helpers, maybe a lock held by one
+            self._team, self._team_lock, self._pid = None, threading.Lock(), os.getpid()
         if threads > 1 and (n > 1 or self._stages) and self._team_lock.acquire(blocking=False):
             # (a concurrent multi-thread call finds the helpers busy and runs on its own thread)
             try:
-                team = self._helpers(threads - 1)
+                # Stage entries run one batch tile from image 0 (see codegen.stage_name): with a
+                # dense tail the later stages see other image offsets than the entry's loop
                 if n < threads and self._stages and n <= self.lowered.batch_tile:
-                    self._run_split(team, _data(x), _data(out), packed.ptr, n, threads)
+                    self._run_split(_data(x), _data(out), packed.ptr, n, threads)
                 else:
-                    self._run_batch(team, _data(x), _data(out), packed.ptr, n, threads)
+                    self._run_batch(_data(x), _data(out), packed.ptr, n, threads)
             finally:
                 self._team_lock.release()
             return out
@@ -185,50 +180,57 @@ class CompiledModel:
         return out
 
     def _helpers(self, k: int) -> "_Team":
-        team = self._team
-        if team is None or team.pid != os.getpid():  # (a forked child has none of the threads)
-            team = self._team = _Team(self._jit, self._team_fns, self._new_scratch)
-        team.grow(k)
-        return team
+        if self._team is None:
+            self._team = _Team(self._jit, self._team_fns, self.program)
+        self._team.grow(k)
+        return self._team
 
-    def _run_batch(self, team: "_Team", xp: int, yp: int, wp: int, n: int, threads: int) -> None:
-        """The batch in chunks the threads take as they go: whole batch tiles (dense tiles, for a
-        model with a dense tail) where the batch has enough of them, else ``ceil(n / threads)``
-        images, so each thread gets a share."""
+    def _run_batch(self, xp: int, yp: int, wp: int, n: int, threads: int) -> None:
+        """The batch in chunks the threads take as they go: chunks of about a batch tile (a dense
+        tile, for a model with a dense tail), evened out so every thread gets the same number of
+        whole chunks; a batch of fewer than ``threads`` tiles gives each thread one chunk."""
         tile = self.lowered.outer_tile or self.lowered.batch_tile
         rounds = -(-n // (threads * tile))
         per = -(-n // (threads * rounds))
-        chunks = -(-n // per)
-        helpers = min(threads, chunks) - 1
+        helpers = min(threads, -(-n // per)) - 1
+        team = self._helpers(helpers)
         job = team.job
         job[0] = 0
         job[8:13] = (xp, yp, wp, n, per)
         kind = len(self._stages)
-        for j in range(helpers):
-            team.post(j, kind, (team.job_addr, team.scratch_ptr(j)))
-        self._batch(team.job_addr, self._scratch_ptr())
-        for j in range(helpers):
-            team.wait(j)
+        posted = 0
+        try:
+            for j in range(helpers):
+                team.post(j, kind, (team.job_addr, team.scratch_ptr(j)))
+                posted += 1
+            self._batch(team.job_addr, self._scratch_ptr())
+        finally:
+            # (also on an exception, e.g. KeyboardInterrupt after a native call: the helpers are
+            # still writing into ``out`` and taking chunks of this job)
+            for j in range(posted):
+                team.wait(j)
 
-    def _run_split(self, team: "_Team", xp: int, yp: int, wp: int, n: int, threads: int) -> None:
-        """Each batch tile stage by stage, every split stage's parts spread over ``threads``
-        threads sharing this thread's scratch (the parts write disjoint outputs; each stage starts
-        once the previous one is complete)."""
+    def _run_split(self, xp: int, yp: int, wp: int, n: int, threads: int) -> None:
+        """The batch tile (``n <= batch_tile``) stage by stage, every split stage's parts spread
+        over ``threads`` threads sharing this thread's scratch (the parts write disjoint outputs;
+        each stage starts once the previous one is complete)."""
         sp = self._scratch_ptr()
-        T = self.lowered.batch_tile
-        for n0 in range(0, n, T):
-            nt = min(T, n - n0)
-            for k, (fn, extent) in enumerate(self._stages):
-                parts = min(threads, extent)
-                if parts <= 1:
-                    fn(xp, yp, wp, sp, n0, nt, 0, extent)
-                    continue
-                cuts = [extent * j // parts for j in range(parts + 1)]
+        team = self._helpers(max(min(threads, e) for _, e in self._stages) - 1)
+        for k, (fn, extent) in enumerate(self._stages):
+            parts = min(threads, extent)
+            if parts <= 1:
+                fn(xp, yp, wp, sp, 0, n, 0, extent)
+                continue
+            cuts = [extent * j // parts for j in range(parts + 1)]
+            posted = 0
+            try:
                 for j in range(1, parts):
-                    team.post(j - 1, k, (xp, yp, wp, sp, n0, nt, cuts[j], cuts[j + 1]))
-                fn(xp, yp, wp, sp, n0, nt, cuts[0], cuts[1])
-                for j in range(1, parts):
-                    team.wait(j - 1)
+                    team.post(j - 1, k, (xp, yp, wp, sp, 0, n, cuts[j], cuts[j + 1]))
+                    posted += 1
+                fn(xp, yp, wp, sp, 0, n, cuts[0], cuts[1])
+            finally:
+                for j in range(posted):
+                    team.wait(j)
 
     # -- per-stage profile
     def profile(self, x: np.ndarray, packed: PackedWeights, repeat: int = 10) -> dict[str, float]:
@@ -262,27 +264,37 @@ class CompiledModel:
             team.close()
 
 
+def new_scratch(program: loopir.Program) -> np.ndarray:
+    """A scratch arena for ``program``, its halos pre-filled."""
+    s = aligned_zeros(program.scratch_size)
+    for b in program.buffers:
+        if b.kind == "scratch" and b.fill != 0.0:
+            s[b.offset:b.offset + b.size] = b.fill
+    return s
+
+
 class _Team:
-    """Helper threads for one compiled model, each with a control block, a wake-up event and its own
-    scratch arena.  A helper thread alternates between blocking on its event and the native job loop
-    (:func:`~convdsl.codegen.worker_name`), which returns when it has been idle for ``SPIN_CYCLES``.
+    """Helper threads for one compiled model, each with a control block, a wake-up event and (made
+    on its first batch job) its own scratch arena.  A helper thread alternates between blocking on
+    its event and the native job loop (:func:`~convdsl.codegen.worker_name`), which returns when it
+    has been idle for ``SPIN_TURNS``.
 
     Posting job ``seq`` to a helper: its arguments go into the control block, then a compare-and-swap
     of ``ctl[0]`` from ``seq - 1`` to ``seq`` hands it to a spinning helper; if the helper has marked
     itself asleep instead, ``ctl[0] = seq`` and its event wakes it.  The threads keep the JIT module
-    (not the model) alive, so the model can be collected, and :meth:`close` ends them."""
+    (nothing that refers to the model) alive, so the model is freed as soon as it is dropped, and
+    :meth:`close` then ends them."""
 
-    def __init__(self, jit: JitModule, fns: tuple, new_scratch) -> None:
-        self.pid = os.getpid()
+    def __init__(self, jit: JitModule, fns: tuple, program: loopir.Program) -> None:
         self._jit = jit
         self._worker, self._post, self._wait = fns
-        self._new_scratch = new_scratch
+        self._program = program
         self._raw: list[np.ndarray] = []
         self.ctl: list[np.ndarray] = []
         self.addr: list[int] = []
         self.seq: list[int] = []
         self.events: list[threading.Event] = []
-        self.arenas: list[np.ndarray] = []
+        self.arenas: list[np.ndarray | None] = []
         self.threads: list[threading.Thread] = []
         raw = np.zeros(2 * _CTL + 8, np.int64)
         self.job = raw[(-raw.ctypes.data % 64) // 8:][:2 * _CTL]  # job[0] alone on its cache line
@@ -295,30 +307,35 @@ class _Team:
             ctl = raw[(-raw.ctypes.data % 64) // 8:][:_CTL]
             ctl[0] = ASLEEP
             ev = threading.Event()
-            arena = self._new_scratch()
+            t = threading.Thread(target=_helper_main, args=(self._worker, ctl.ctypes.data, ev, (self._jit, raw)),
+                                 name=f"convdsl-{len(self.ctl) + 1}", daemon=True)
+            t.start()  # (first: a thread that fails to start leaves no helper behind to wait for)
             self._raw.append(raw)
             self.ctl.append(ctl)
             self.addr.append(ctl.ctypes.data)
             self.seq.append(0)
             self.events.append(ev)
-            self.arenas.append(arena)
-            t = threading.Thread(target=_helper_main, args=(self._worker, ctl.ctypes.data, ev, (self._jit, raw)),
-                                 name=f"convdsl-{len(self.ctl)}", daemon=True)
-            t.start()
+            self.arenas.append(None)
             self.threads.append(t)
 
     def scratch_ptr(self, j: int) -> int:
-        return self.arenas[j].ctypes.data
+        arena = self.arenas[j]
+        if arena is None:
+            arena = self.arenas[j] = new_scratch(self._program)
+        return arena.ctypes.data
 
     def post(self, j: int, kind: int, args: tuple[int, ...]) -> None:
         ctl = self.ctl[j]
         ctl[2] = kind
         ctl[3:3 + len(args)] = args
         seq = self.seq[j] + 1
-        self.seq[j] = seq
-        if self._post(self.addr[j], seq - 1, seq) != seq - 1:  # the helper is asleep
+        old = self._post(self.addr[j], seq - 1, seq)
+        if old != seq - 1:
+            if old != ASLEEP:
+                raise RuntimeError(f"convdsl helper {j + 1}: control word {old}, expected {seq - 1} or asleep")
             ctl[0] = seq  # (the event's lock orders this after the arguments for the woken thread)
             self.events[j].set()
+        self.seq[j] = seq
 
     def wait(self, j: int) -> None:
         self._wait(self.addr[j], self.seq[j])
@@ -333,7 +350,7 @@ def _helper_main(worker, ctl: int, event: threading.Event, keep: tuple) -> None:
     while True:
         event.wait()
         event.clear()
-        if worker(ctl, SPIN_CYCLES):
+        if worker(ctl, SPIN_TURNS):
             return
 
 

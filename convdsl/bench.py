@@ -387,9 +387,10 @@ def _no_gc():
 def settle(max_seconds: float = SETTLE_MAX, slice_seconds: float = SWITCH_PAUSE) -> float:
     """Sleep until this process's own threads are idle; return the seconds waited.
 
-    Thread pools spin after their work (OpenBLAS for up to ~0.1 s, OpenMP and ONNX Runtime for
-    less): left alone, the engine that ran before would steal cores from the one timed next.  Sleep
-    in short slices until a slice passes in which the whole process used under a quarter of a core.
+    Thread pools spin after their work (OpenBLAS for up to ~0.13 s, OpenMP, ONNX Runtime and
+    convdsl's helpers for less): left alone, the engine that ran before would steal cores from the
+    one timed next.  Sleep in slices (see SWITCH_PAUSE for their length) until a slice passes in
+    which the whole process used under a quarter of a core.
     """
     start = time.perf_counter()
     while True:

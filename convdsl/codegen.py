@@ -432,7 +432,9 @@ def _attrs(fn: ir.Function, prog: L.Program) -> None:
 def stage_name(prog: L.Program, k: int) -> str:
     """``(input*, output*, weights*, scratch*, n0, nt, r0, r1)``: stage ``k`` of the entry for the
     images ``[n0, n0 + nt)`` of the caller's arrays (the batch tile in scratch), and of a split stage
-    (``prog.stages[k][1] > 0``) only the part ``[r0, r1)`` (the others ignore ``r0, r1``)."""
+    (``prog.stages[k][1] > 0``) only the part ``[r0, r1)`` (the others ignore ``r0, r1``).  With a
+    dense tail (``lower``) the stages after the tile level see other offsets, so callers run stages
+    on one batch tile only, from image 0 (``n0 = 0``, ``nt <= batch_tile``)."""
     return re.sub(r"\W", "_", prog.name) + f"_stage{k}"
 
 
@@ -463,17 +465,18 @@ def _stage_entry(module: ir.Module, prog: L.Program, k: int, kernel: str, extent
 
 
 def worker_name(prog: L.Program) -> str:
-    """``(ctl*, spin_cycles) -> i64``: a helper thread's job loop, on a control block of int64s:
+    """``(ctl*, spin) -> i64``: a helper thread's job loop, on a control block of int64s:
     ``ctl[0]`` the number of the last job posted (:func:`post_name`), ``ctl[1]`` that of the last
     job done, ``ctl[2]`` the job's kind (stage ``k`` for ``0 <= k < len(prog.stages)``, taking
     ``ctl[3..10]`` as :func:`stage_name` takes its arguments; ``len(prog.stages)``: a share of a
     batch, :func:`batch_name` of ``(ctl[3], ctl[4])``).
 
-    Between jobs the helper spins (``pause`` and ``sched_yield``) for up to ``spin_cycles``
-    cycle-counter ticks, so back-to-back calls and the stages of one call hand over in well under a
-    microsecond; then it marks itself asleep (``ctl[0] = ASLEEP``, by compare-and-swap, so a job
-    posted meanwhile is not lost) and returns 0 for its thread to block.  ``ctl[0] == EXIT``:
-    returns 1."""
+    Between jobs the helper spins (``pause`` and ``sched_yield``, ``spin`` turns at most), so
+    back-to-back calls and the stages of one call hand over in well under a microsecond; then it
+    marks itself asleep (``ctl[0] = ASLEEP``, by compare-and-swap, so a job posted meanwhile is not
+    lost) and returns 0 for its thread to block; it also returns 0 if it finds itself marked
+    asleep on entry.  ``ctl[0] == EXIT``: returns 1.  (Turns, not a clock: the cycle counter is not
+    readable from user mode on every target.)"""
     return re.sub(r"\W", "_", prog.name) + "_worker"
 
 
@@ -554,44 +557,45 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     """The helper-thread entries: :func:`worker_name`, :func:`wait_name`, :func:`post_name`,
     :func:`batch_name`."""
     batch = _batch_fn(module, prog, entry)
-    clock = _cycle_counter(module)
     fn = ir.Function(module, ir.FunctionType(I64, [PTR, I64]), name=worker_name(prog))
     _attrs(fn, prog)
     ctl, budget = fn.args
-    head, loop, spin, sleep, check, work, done, slept, leave = (fn.append_basic_block(n) for n in (
-        "entry", "loop", "spin", "sleep", "check", "work", "done", "slept", "leave"))
+    head, loop, spin, sleep, check, work, done, slept, leave, stray = (fn.append_basic_block(n) for n in (
+        "entry", "loop", "spin", "sleep", "check", "work", "done", "slept", "leave", "stray"))
     b = ir.IRBuilder(head)
     last0 = b.load_atomic(_i64_at(b, ctl, 1), "acquire", 8, typ=I64)
-    t0 = b.call(clock, [])
     b.branch(loop)
 
+    zero = ir.Constant(I64, 0)
     b.position_at_end(loop)
     last = b.phi(I64, name="last")
-    since = b.phi(I64, name="since")  # cycle count when the helper last became idle
+    turns = b.phi(I64, name="turns")  # spin turns since the helper last became idle
     last.add_incoming(last0, head)
-    since.add_incoming(t0, head)
+    turns.add_incoming(zero, head)
     seq = b.load_atomic(ctl, "acquire", 8, typ=I64)
     b.cbranch(b.icmp_signed("==", seq, last), spin, check)
 
     b.position_at_end(spin)
     _spin_pause(b, module)
-    idle = b.sub(b.call(clock, []), since)
-    b.cbranch(b.icmp_signed(">", idle, budget), sleep, loop)
+    more = b.add(turns, ir.Constant(I64, 1))
+    b.cbranch(b.icmp_signed(">", more, budget), sleep, loop)
     last.add_incoming(last, spin)
-    since.add_incoming(since, spin)
+    turns.add_incoming(more, spin)
 
     b.position_at_end(sleep)
     cx = b.cmpxchg(ctl, last, ir.Constant(I64, ASLEEP), "acq_rel", "acquire")
     b.cbranch(b.extract_value(cx, 1), slept, loop)  # lost the race to a new job: take it
     last.add_incoming(last, sleep)
-    since.add_incoming(since, sleep)
+    turns.add_incoming(more, sleep)
 
     b.position_at_end(check)
-    b.cbranch(b.icmp_signed("<", seq, ir.Constant(I64, 0)), leave, work)
-    b.position_at_end(leave)  # EXIT (ASLEEP cannot be seen here: only this loop writes it)
+    b.cbranch(b.icmp_signed("==", seq, ir.Constant(I64, EXIT)), leave, stray)
+    b.position_at_end(stray)  # ASLEEP (woken without a job): back to sleep; else a job
+    b.cbranch(b.icmp_signed("==", seq, ir.Constant(I64, ASLEEP)), slept, work)
+    b.position_at_end(leave)
     b.ret(ir.Constant(I64, 1))
     b.position_at_end(slept)
-    b.ret(ir.Constant(I64, 0))
+    b.ret(zero)
 
     b.position_at_end(work)
 
@@ -615,7 +619,7 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     # (an atomic exchange: llvmlite's store_atomic does not take opaque pointers)
     b.atomic_rmw("xchg", _i64_at(b, ctl, 1), seq, "release")
     last.add_incoming(seq, done)
-    since.add_incoming(b.call(clock, []), done)
+    turns.add_incoming(zero, done)
     b.branch(loop)
 
     # ``wait(ctl*, seq)`` (called through ctypes, so the caller's thread waits without the GIL)

@@ -113,7 +113,8 @@ class JitModule:
 
     def address(self, name: str) -> int:
         addr = self._engine.get_function_address(name)
-        assert addr, f"no function {name!r} in the JIT module"
+        if not addr:  # (not an assert: under ``python -O`` a 0 address would be called)
+            raise RuntimeError(f"no function {name!r} in the JIT module")
         return addr
 
     def find(self, name: str) -> int:

@@ -27,6 +27,11 @@ whether a non-overlapping pool runs in the conv micro-kernel's epilogue
 (``fuse_pool``: the micro-kernel then blocks over pooling windows and the conv
 output never reaches memory), and per-stage cycle counters (``profile``).
 
+Winograd: a 3x3 stride-1 convolution with enough channels runs as Winograd
+F(2x2, 3x3) (input and output transforms around 16 GEMMs over the channels,
+with weights transformed at packing time), 2.25x fewer multiplies than the
+direct micro-kernel; see :func:`_emit_winograd`.
+
 Dense tail: when a network ends in dense layers whose weights outgrow the
 caches (``Schedule.dense_tail_bytes``), the entry runs two tile levels.  The
 layers before them run on batch tiles as usual, each tile's result landing in
@@ -853,11 +858,8 @@ def _winograd_plan(b: _Builder, st: _Stage) -> tuple[int, int, int, int]:
     registers).  A chunk of tiles is sized so that one of its 16 transformed-input slices
     (``tiles x C``) stays in L2 while every output-channel block reads it; ``U`` and ``M`` hold
     one chunk, or under an intra-image split one region per chunk (the parts share scratch)."""
-    s = b.s
     V = b.V
-    Ob = -(-st.out_shape[0] // V)
-    Bc = min(s.oc_block, Ob)
-    Bw = min(s.ow_block, max(1, (s.vector_registers - 1 - Bc - 2) // Bc))
+    Bc, Bw, _ = _conv_block(b, st, 1)
     T = -(-st.out_shape[1] // 2) * -(-st.out_shape[2] // 2)
     Cp = -(-st.in_shape[0] // V) * V
     nt = max(Bw, WINO_SLICE_FLOATS // Cp // Bw * Bw)

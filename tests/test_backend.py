@@ -256,34 +256,45 @@ def winograd_net(draw):
     a = draw(ACTS)
     if a:
         layers.append(act(a))
-    nxt = draw(st.sampled_from(["conv", "pool", "dense", "none"]))
+    nxt = draw(st.sampled_from(["conv", "pool", "ceil_pool", "dense", "none"]))
     if nxt == "conv":
         layers += [conv(draw(st.integers(1, 12)), 3, padding=1), act("relu")]
     elif nxt == "pool":
         layers.append(pool("max", 2))
+    elif nxt == "ceil_pool":  # a -inf halo beside the guarded stores of odd sizes
+        layers.append(pool("max", 3, 2, padding=1, ceil=True))
     elif nxt == "dense":
         layers += [flatten(), dense(draw(st.integers(1, 20)))]
     return net((c, h, w), *layers), draw(st.integers(1, 11))
 
 
 @settings(max_examples=35, **SETTINGS)
-@given(winograd_net(), st.integers(0, 2**31))
-def test_winograd_matches_torch(case, seed):
-    """Winograd convs against PyTorch's direct convolution, on one and two threads, with and
-    without the intra-image split."""
+@given(winograd_net(), st.integers(0, 2**31), st.sampled_from([1 << 15, 40]))
+def test_winograd_matches_torch(case, seed, slice_floats):
+    """Winograd convs against PyTorch's direct convolution: one chunk of tiles per image or many
+    (a tiny chunk budget, ragged last chunk), one and two threads, with and without the
+    intra-image split (which a batch of one image takes)."""
+    from convdsl import lower as lower_mod
+
     model, batch = case
     cm = model.bind({})
     rng = np.random.default_rng(seed)
     w = random_weights(cm, rng)
     x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
     expect = torch_run(cm, w, x)
-    for s in (WINO, replace(WINO, split_macs=1)):
-        c = compile_model(cm, s)
+    saved = lower_mod.WINO_SLICE_FLOATS
+    lower_mod.WINO_SLICE_FLOATS = slice_floats
+    try:
+        compiled = [compile_model(cm, s) for s in (WINO, replace(WINO, split_macs=1))]
+    finally:
+        lower_mod.WINO_SLICE_FLOATS = saved
+    for c in compiled:
         assert any(k.name.startswith("winograd_") for k in c.program.kernels)
         packed = c.pack_weights(w)
         got = c.run(x, packed)
         np.testing.assert_allclose(got, expect, rtol=RTOL, atol=ATOL)
         np.testing.assert_array_equal(c.run(x, packed, threads=2), got)
+        np.testing.assert_array_equal(c.run(x[:1], packed, threads=2), got[:1])
 
 
 def test_winograd_choice():
@@ -347,15 +358,20 @@ def test_lenet_conv_asm_has_packed_fma():
     assert len(c.object_code()) > 0
 
 
+def _lenet_run(seed: int, n: int, relu: bool = False, schedule: Schedule | None = None):
+    """A compiled LeNet, its packed random weights, ``n`` random images and the 1-thread output."""
+    cm = lenet(relu=relu).bind({})
+    c = compile_model(cm, schedule)
+    rng = np.random.default_rng(seed)
+    w = c.pack_weights(random_weights(cm, rng))
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    return c, w, x, c.run(x, w, threads=1)
+
+
 def test_threads_agree():
     """Batch split over helper threads: every batch size (ragged chunks, fewer images than threads,
     more threads than chunks) gives bit-identical results to one thread."""
-    cm = lenet().bind({})
-    c = compile_model(cm)
-    rng = np.random.default_rng(1)
-    w = c.pack_weights(random_weights(cm, rng))
-    x = rng.standard_normal((37, 1, 28, 28)).astype(np.float32)
-    one = c.run(x, w, threads=1)
+    c, w, x, one = _lenet_run(1, 37)
     for t in (2, 3, 5):
         for n in (37, 2, 3, 8, 9, 17, 16):
             np.testing.assert_array_equal(c.run(x[:n], w, threads=t), one[:n], err_msg=f"{t} threads, batch {n}")
@@ -363,20 +379,14 @@ def test_threads_agree():
 
 def test_helper_threads_life_cycle():
     """Helpers hand over while spinning (back-to-back calls) and after blocking (an idle pause
-    longer than their spin); they stop when the model is collected; concurrent callers fall back
+    longer than their spin); they stop when the model is dropped; concurrent callers fall back
     to their own thread and still get the right answer."""
-    import gc
     import threading
     import time
 
     from convdsl import backend
 
-    cm = lenet(relu=True).bind({})
-    c = compile_model(cm)
-    rng = np.random.default_rng(2)
-    w = c.pack_weights(random_weights(cm, rng))
-    x = rng.standard_normal((24, 1, 28, 28)).astype(np.float32)
-    one = c.run(x, w, threads=1)
+    c, w, x, one = _lenet_run(2, 24, relu=True)
     for _ in range(20):  # spinning hand-over
         np.testing.assert_array_equal(c.run(x, w, threads=2), one)
     team = c._team
@@ -407,11 +417,41 @@ def test_helper_threads_life_cycle():
 
     helpers = list(team.threads)
     assert len(helpers) == 2
-    del c, team
-    gc.collect()
+    del c, team  # (no gc.collect(): nothing the helpers hold refers back to the model)
     for t in helpers:
         t.join(timeout=5)
     assert not any(t.is_alive() for t in helpers), "helper threads outlive their model"
+
+
+@pytest.mark.parametrize("turns", [0, 1, 30, 3000])
+def test_helper_handover_races(monkeypatch, turns):
+    """Many small calls with helpers that give up spinning after 0 to 3000 turns: every hand-over
+    race between a helper marking itself asleep and a new job being posted is taken both ways."""
+    from convdsl import backend
+
+    monkeypatch.setattr(backend, "SPIN_TURNS", turns)
+    c, w, x, one = _lenet_run(3, 3, relu=True, schedule=replace(VEC, batch_tile=1))
+    for k in range(300):
+        np.testing.assert_array_equal(c.run(x, w, threads=3), one, err_msg=f"call {k}")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_threads_after_fork():
+    """A forked child has none of its parent's helper threads: its multi-thread calls make new
+    ones (and do not wait on helpers that do not exist)."""
+    import os
+
+    c, w, x, one = _lenet_run(4, 20)
+    np.testing.assert_array_equal(c.run(x, w, threads=2), one)
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit code only
+        code = 1
+        try:
+            code = 0 if np.array_equal(c.run(x, w, threads=2), one) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_batch_is_runtime():
@@ -662,11 +702,11 @@ def test_split_stages_agree(name):
 
 
 TAIL_CASES = {
-    # the dense tail's input written by: a conv with its pool fused; a separate average pool (tanh
-    # does not fuse); a global average pool; a conv reading the caller's array (no second tile
-    # level then); a conv with a softmax in the tail; nothing but the input (an MLP: one level,
-    # of dense tiles)
-    "conv_pool": net((3, 12, 10), conv(8, 3, padding=1), act("relu"), pool("max", 2), flatten(), dense(40),
+    # the dense tail's input written by: a conv with its pool (fused where the register block
+    # allows); a separate average pool (tanh does not fuse); a global average pool; a conv reading
+    # the caller's array (no second tile level then); a conv with a softmax in the tail; a Winograd
+    # conv (vector schedules); nothing but the input (an MLP: one level, of dense tiles)
+    "conv_pool": net((3, 12, 10), conv(8, 5, padding=2), act("relu"), pool("max", 2), flatten(), dense(40),
                      act("sigmoid"), dense(7)),
     "avg_softmax": net((2, 9, 9), conv(6, 3, padding=1), act("tanh"), pool("avg", 3), flatten(), dense(30),
                        dense(5), softmax()),
@@ -674,6 +714,7 @@ TAIL_CASES = {
     "first_conv": net((2, 6, 6), conv(4, 3), flatten(), dense(9)),
     "conv_softmax": net((3, 8, 8), conv(5, 3, padding=1), act("relu"), flatten(), dense(17), act("tanh"),
                           flatten(), softmax()),
+    "winograd": net((16, 6, 7), conv(32, 3, padding=1), act("relu"), flatten(), dense(25), act("tanh"), dense(3)),
     "mlp": net((24, 1, 1), flatten(), dense(30), act("relu"), dense(10)),
 }
 
@@ -692,6 +733,8 @@ def test_dense_tail_tiles(name):
               replace(SCALAR, dense_tail_bytes=0, dense_tile=12, batch_tile=5),
               replace(VEC, dense_tail_bytes=0, dense_tile=16, batch_tile=4, split_macs=1)):
         c = compile_model(cm, s)
+        if name == "winograd" and s.vector_width > 1:
+            assert any(k.name.startswith("winograd_") for k in c.program.kernels)
         dense_tile = -(-s.dense_tile // s.batch_tile) * s.batch_tile  # whole batch tiles
         if name == "first_conv":
             assert c.lowered.outer_tile == 0, "a conv reading the caller's array cannot write a dense tile"

@@ -1,0 +1,89 @@
+"""Markdown tables for README.md from saved `convdsl bench --json` objects.
+
+    python bench/tables.py bench/results/lenet.json bench/results/lenet_relu.json
+    python bench/tables.py --versus onnxruntime bench/results/alexnet.json bench/results/vgg11*.json
+
+The first form prints, per file, one row per (batch, threads) with every engine's median, convdsl's
+ratio to the best competitor and its share of the sgemm peak; the second, one table of convdsl
+against one competitor over several models.  Figures come from the JSON only (nothing is rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from convdsl.report import format_seconds as fmt_time
+
+ENGINES = ("convdsl", "torch", "torch-compile", "onnxruntime", "numpy")
+TITLES = {"convdsl": "convdsl", "torch": "PyTorch", "torch-compile": "torch.compile",
+          "onnxruntime": "ONNX Runtime", "numpy": "numpy"}
+
+
+def configs(report: dict) -> list[tuple[int, int]]:
+    return sorted({(r["batch"], r["threads"]) for r in report["results"]})
+
+
+def result(report: dict, engine: str, batch: int, threads: int) -> dict | None:
+    return next((r for r in report["results"]
+                 if (r["engine"], r["batch"], r["threads"]) == (engine, batch, threads)), None)
+
+
+def engine_table(report: dict) -> str:
+    engines = [e for e in ENGINES if any(r["engine"] == e for r in report["results"])]
+    peak = report.get("peak_gflops", {})
+    lines = [f"{report['model']}: sgemm peak "
+             + ", ".join(f"{g:.1f} GFLOP/s on {t} thread{'s' if t != '1' else ''}" for t, g in peak.items()), "",
+             "| batch | threads | " + " | ".join(TITLES[e] for e in engines) + " | convdsl vs best | convdsl % of peak |",
+             "| ---: | ---: | " + " | ".join("---:" for _ in engines) + " | ---: | ---: |"]
+    for batch, threads in configs(report):
+        rows = {e: result(report, e, batch, threads) for e in engines}
+        conv = rows.get("convdsl")
+        others = [r["median_s"] for e, r in rows.items() if e != "convdsl" and r]
+        best = f"{min(others) / conv['median_s']:.2f}×" if others and conv else "—"
+        pct = f"{conv['pct_peak']:.0f}%" if conv and conv.get("pct_peak") is not None else "—"
+        cells = [fmt_time(r["median_s"]) if r else "—" for r in rows.values()]
+        lines.append(f"| {batch} | {threads} | " + " | ".join(cells) + f" | {best} | {pct} |")
+    return "\n".join(lines)
+
+
+def versus_table(reports: list[dict], other: str) -> str:
+    lines = [f"| model | batch | threads | convdsl | {TITLES[other]} | convdsl vs {TITLES[other]} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for report in reports:
+        m = re.search(r"shape \[B, ([^\]]*)\]", str(report.get("input", "")))
+        shape = m.group(1).replace(", ", "×") if m else ""
+        first = True
+        for batch, threads in configs(report):
+            conv, comp = result(report, "convdsl", batch, threads), result(report, other, batch, threads)
+            if conv is None or comp is None:
+                continue
+            name = f"{report['model']}, {shape}" if first else ""
+            first = False
+            lines.append(f"| {name} | {batch} | {threads} | {fmt_time(conv['median_s'])} | "
+                         f"{fmt_time(comp['median_s'])} | {comp['median_s'] / conv['median_s']:.2f}× |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--versus", metavar="ENGINE", help="one table of convdsl against ENGINE over all files")
+    args = ap.parse_args(argv)
+    if args.versus and args.versus not in TITLES:
+        ap.error(f"--versus: unknown engine {args.versus!r} (known: {', '.join(TITLES)})")
+    reports = []
+    for f in args.files:
+        with open(f) as fh:
+            reports.append(json.load(fh))
+    if args.versus:
+        print(versus_table(reports, args.versus))
+    else:
+        print("\n\n".join(engine_table(r) for r in reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
