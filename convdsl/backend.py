@@ -157,20 +157,21 @@ class CompiledModel:
         out = np.empty((n, *self.output_shape), dtype=np.float32)
         if n == 0:
             return out
-        if self._pid != os.getpid():  # a forked child: none of the helpers, maybe a lock held by one
-            self._team, self._team_lock, self._pid = None, threading.Lock(), os.getpid()
-        if threads > 1 and (n > 1 or self._stages) and self._team_lock.acquire(blocking=False):
+        if threads > 1 and (n > 1 or self._stages):
+            if self._pid != os.getpid():  # a forked child: no helpers, maybe a lock held by one
+                self._team, self._team_lock, self._pid = None, threading.Lock(), os.getpid()
             # (a concurrent multi-thread call finds the helpers busy and runs on its own thread)
-            try:
-                # Stage entries run one batch tile from image 0 (see codegen.stage_name): with a
-                # dense tail the later stages see other image offsets than the entry's loop
-                if n < threads and self._stages and n <= self.lowered.batch_tile:
-                    self._run_split(_data(x), _data(out), packed.ptr, n, threads)
-                else:
-                    self._run_batch(_data(x), _data(out), packed.ptr, n, threads)
-            finally:
-                self._team_lock.release()
-            return out
+            if self._team_lock.acquire(blocking=False):
+                try:
+                    # Stage entries run one batch tile from image 0 (see codegen.stage_name): with
+                    # a dense tail the later stages see other image offsets than the entry's loop
+                    if n < threads and self._stages and n <= self.lowered.batch_tile:
+                        self._run_split(_data(x), _data(out), packed.ptr, n, threads)
+                    else:
+                        self._run_batch(_data(x), _data(out), packed.ptr, n, threads)
+                finally:
+                    self._team_lock.release()
+                return out
         # the common single-thread call: one ctypes call on the array objects themselves
         sp = getattr(self._local, "ptr", None) or self._scratch_ptr()
         if self._fn_arrays is not None:
