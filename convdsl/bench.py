@@ -58,6 +58,7 @@ MAX_ROUNDS = 10  # alternation rounds per configuration
 SWITCH_PAUSE = 0.025
 SETTLE_MAX = 0.5  # seconds: the longest wait for spinning thread pools to go to sleep
 BUSY_WARNING = 0.25  # cores used by other processes during a configuration that make it unreliable
+STEAL_WARNING = 0.1  # cores of hypervisor steal time during a configuration that make it unreliable
 LAYERS_NOTE = ("per-layer times are differences of medians of the network cut after each layer; an "
                "activation fused into the layer before it shows as that difference (near zero, can be "
                "negative within noise)")
@@ -403,13 +404,17 @@ def settle(max_seconds: float = SETTLE_MAX, slice_seconds: float = SWITCH_PAUSE)
 
 
 class CpuMeter:
-    """CPU used by *other* processes while a block runs, in cores (from /proc/stat; Linux only)."""
+    """CPU used by *other* processes while a block runs, and CPU the hypervisor gave to other
+    machines (steal time: on a virtual machine a vCPU can stall with no process of its own to
+    blame), both in cores (from /proc/stat; Linux only)."""
 
     def __init__(self) -> None:
         self.other_cores: float | None = None
+        self.steal_cores: float | None = None
 
     @staticmethod
-    def _busy_seconds() -> float | None:
+    def _busy_seconds() -> tuple[float, float] | None:
+        """(seconds busy, seconds stolen) since boot, over all CPUs."""
         try:
             with open("/proc/stat") as f:
                 fields = f.readline().split()
@@ -421,7 +426,8 @@ class CpuMeter:
         idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
         steal = vals[7] if len(vals) > 7 else 0
         guest = sum(vals[8:10]) if len(vals) > 9 else 0  # already counted in user/nice
-        return (sum(vals) - idle - guest - steal) / os.sysconf("SC_CLK_TCK")
+        hz = os.sysconf("SC_CLK_TCK")
+        return (sum(vals) - idle - guest - steal) / hz, steal / hz
 
     def __enter__(self) -> "CpuMeter":
         self._b0, self._t0, self._w0 = self._busy_seconds(), os.times(), time.perf_counter()
@@ -432,7 +438,9 @@ class CpuMeter:
         if self._b0 is None or b1 is None:
             return
         own = (t1.user - self._t0.user) + (t1.system - self._t0.system)
-        self.other_cores = max(0.0, (b1 - self._b0 - own) / max(w1 - self._w0, 1e-9))
+        wall = max(w1 - self._w0, 1e-9)
+        self.other_cores = max(0.0, (b1[0] - self._b0[0] - own) / wall)
+        self.steal_cores = max(0.0, (b1[1] - self._b0[1]) / wall)
 
 
 def wait_idle(max_seconds: float, say=lambda m: None, sample: float = 1.0) -> float | None:
@@ -747,7 +755,8 @@ def run_bench(program, model, env: Mapping[str, int], weights: Mapping[str, Any]
                  "repeat": peak["repeat"], "blas": _blas_info(),
                  "blas_threads_limited": _has_threadpoolctl()},
         "host": {**host_info(), "loadavg_before": load_before, "loadavg_after": _loadavg(),
-                 "background_load": whole.other_cores, "background_load_at_start": idle_load},
+                 "background_load": whole.other_cores, "steal": whole.steal_cores,
+                 "background_load_at_start": idle_load},
         "engines": {e.name: e.version for e in engines},
         "skipped": skipped,
         "settings": {"batches": opts.batches, "threads": opts.threads, "repeat": opts.repeat,
@@ -813,6 +822,9 @@ def _run_config(engines, skipped, x, batch, threads, opts, macs, peak, say) -> l
     if meter.other_cores is not None and meter.other_cores > BUSY_WARNING:
         say(f"warning: other processes used {meter.other_cores:.2f} cores while batch {batch}, {threads} "
             f"thread(s) was timed: these figures are unreliable")
+    if meter.steal_cores is not None and meter.steal_cores > STEAL_WARNING:
+        say(f"warning: the hypervisor took {meter.steal_cores:.2f} cores (steal time) while batch {batch}, "
+            f"{threads} thread(s) was timed: these figures are unreliable")
     peak_t = peak["gflops"].get(str(threads))
     for name, s in samples.items():
         med = _median(s)
@@ -824,7 +836,7 @@ def _run_config(engines, skipped, x, batch, threads, opts, macs, peak, say) -> l
             "images_per_s": batch / med, "gflops": gflops,
             "pct_peak": 100 * gflops / peak_t if peak_t else None,
             "agrees": ok, "max_abs_diff": diff,
-            "background_load": meter.other_cores,
+            "background_load": meter.other_cores, "steal": meter.steal_cores,
         })
     conv_med = next(r["median_s"] for r in results if r["engine"] == "convdsl")
     for r in results:
@@ -933,6 +945,10 @@ def render(report: Mapping[str, Any]) -> str:
     if bg is not None:
         lines.append(f"background load (other processes, mean over the timed runs): {bg:.2f} cores"
                      + ("  <-- the machine was not quiet: figures are unreliable" if bg > BUSY_WARNING else ""))
+    steal = host.get("steal")
+    if steal is not None:
+        lines.append(f"steal time (CPU the hypervisor gave elsewhere, mean over the run): {steal:.2f} cores"
+                     + ("  <-- figures are unreliable" if steal > STEAL_WARNING else ""))
     if host.get("env"):
         lines.append("environment: " + " ".join(f"{k}={v}" for k, v in host["env"].items()))
     for name, why in report.get("skipped", {}).items():
@@ -954,6 +970,8 @@ def render(report: Mapping[str, Any]) -> str:
         diff = "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}"
         if r.get("background_load") is not None and r["background_load"] > BUSY_WARNING:
             noisy.add(cfg)
+        if (r.get("steal") or 0.0) > STEAL_WARNING:
+            noisy.add(cfg)
         agree = "reference" if r["engine"] == "convdsl" else (f"yes ({diff})" if r["agrees"]
                                                              else f"NO  ({diff})  <-- disagrees")
         ratio = r.get("ratio_vs_convdsl")
@@ -963,7 +981,8 @@ def render(report: Mapping[str, Any]) -> str:
     lines.append("-" * len(head))
     lines.append("* best competitor; 'vs convdsl' = engine median / convdsl median (> 1: convdsl is faster)")
     for b, t in sorted(noisy):
-        lines.append(f"warning: other processes were using CPU while batch {b}, {t} thread(s) was timed")
+        lines.append(f"warning: other processes or the hypervisor were using CPU while batch {b}, {t} thread(s) "
+                     "was timed")
     lines.append("")
     for s in report.get("summary", []):
         t = s["threads"]

@@ -1,6 +1,7 @@
 """`convdsl bench`, the ONNX exporter and the numpy engine: agreement and output shape, no timings."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -138,6 +139,8 @@ def test_bench_json_shape(capsys):
         assert r["agrees"] is True, r
         assert r["max_abs_diff"] is not None and r["max_abs_diff"] < 1e-4
         assert r["median_s"] > 0 and r["images_per_s"] > 0 and r["gflops"] > 0 and r["pct_peak"] > 0
+        if sys.platform.startswith("linux"):  # (from /proc/stat)
+            assert r["background_load"] >= 0 and r["steal"] >= 0
         assert r["runs"] == 2
     for s in rep["summary"]:
         assert s["best_competitor"] in ("torch", "onnxruntime", "numpy")
