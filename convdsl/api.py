@@ -133,6 +133,10 @@ class Network:
     def __call__(self, x: object, threads: int | None = None) -> np.ndarray:
         """Run the network; ``x`` is checked (rank, dtype, sizes) before native code sees it."""
         t = self.threads if threads is None else threads
+        if type(t) is not int:
+            if not isinstance(t, (int, np.integer)) or isinstance(t, bool):
+                raise BoundaryError(f"threads must be an integer, got {type(t).__name__} {t!r}")
+            t = int(t)
         if t < 1:
             raise BoundaryError(f"threads must be at least 1, got {t}")
         last = self._last
@@ -211,7 +215,9 @@ def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarr
     (PyTorch's default initialisation).  Weights are checked against the model
     (names, shapes, dtypes) when a binding is compiled: a mismatch raises
     :class:`~convdsl.boundary.BoundaryError` naming the layer, the expected and
-    the found shape.  Code is generated on the first call (or ``bind``).
+    the found shape.  A model whose input sizes are all fixed (but the batch)
+    is compiled here; one with symbolic sizes compiles each binding on the
+    first call with those sizes (or ``bind``).
     """
     if not isinstance(program, Program):
         program = load(program)
@@ -221,7 +227,9 @@ def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarr
         origin = os.fspath(weights)
         weights = load_weights(weights)
     net = Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads)
-    if weights is not None and all(isinstance(d, int) for shape in m.weight_shapes().values() for d in shape):
+    if all(isinstance(d, int) for d in m.input_shape[1:]):
+        net.bind()  # one binding serves every call: compile now (and check the weights)
+    elif weights is not None and all(isinstance(d, int) for shape in m.weight_shapes().values() for d in shape):
         # Fail early where the weight shapes do not depend on the input size.
         validate_weights(m, m.sizes(), weights, origin)
     return net

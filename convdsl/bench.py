@@ -941,6 +941,9 @@ def render(report: Mapping[str, Any]) -> str:
     lines.append("sgemm peak (numpy float32 matmul, 2n³/median): " + ", ".join(
         f"{t} thread{'s' if t != '1' else ''} {g:.1f} GFLOP/s (n={ns.get(t, '?')})" for t, g in peaks.items())
         + (f" [{blas_s}]" if blas_s else ""))
+    if report.get("peak", {}).get("blas_threads_limited") is False:
+        lines.append("warning: threadpoolctl is not installed, so BLAS ran with its own thread count in every "
+                     "configuration: the 1-thread peak and numpy rows used all cores (pip install threadpoolctl)")
     bg = host.get("background_load")
     if bg is not None:
         lines.append(f"background load (other processes, mean over the timed runs): {bg:.2f} cores"

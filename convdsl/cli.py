@@ -127,14 +127,19 @@ def _default_input(model, args, sizes):
         for d in shape[2:])
     if fits and not sizes:
         images, labels = load_digits()
+        note = ""
         if args.batch is not None:  # asked for a batch size: the first B digits
+            if args.batch > len(images):
+                note = f"; --batch {args.batch} asked for more than the {len(images)} there are"
             images, labels = images[:args.batch], labels[:args.batch]
-        return images, labels, f"{len(images)} bundled handwritten digits (held-out part of scikit-learn's load_digits)"
+        k = len(images)
+        return images, labels, (f"{k} bundled handwritten digit{'s' if k != 1 else ''} (held-out part of "
+                                f"scikit-learn's load_digits){note}")
     env = _check_size_option(model, sizes)
     batch = args.batch or 1
     dims = [batch] + [sy.evaluate(d, {**env, "N": batch}) for d in shape[1:]]
     rng = np.random.default_rng(args.seed)
-    x = rng.standard_normal(dims).astype(np.float32)
+    x = rng.standard_normal(dims, dtype=np.float32)
     return x, None, f"a random batch of {batch} (seed {args.seed}), shape {list(dims)}"
 
 
@@ -187,7 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise BoundaryError(f"{args.input}: not a readable .npy array ({e})") from None
             if not isinstance(x, np.ndarray):
                 raise BoundaryError(f"{args.input}: holds several arrays; --input takes one .npy array")
+            if sizes:
+                raise UsageError("--size sets the sizes of a random batch; with --input the array's shape "
+                                 "gives them")
             desc = f"{args.input}, shape {list(x.shape)}"
+            if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
+                bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum()) if x.ndim else 1
+                print(f"warning: {args.input}: {bad} image{'s' if bad != 1 else ''} hold NaN or infinite values; "
+                      "their outputs will be NaN or infinite", file=sys.stderr)
         else:
             x, labels, desc = _default_input(model, args, sizes)
         print(f"input: {desc}")
@@ -231,7 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for i in range(rows):
             print(f"  [{i}] {np.array2string(y[i].reshape(-1), separator=' ')}")
     if rows < len(y):
-        print(f"  ... ({len(y) - rows} more rows)")
+        more = len(y) - rows
+        print(f"  ... ({more} more row{'s' if more != 1 else ''})")
     if labels is not None and y.ndim == 2 and y.shape[1] == 10:
         pred = y.argmax(axis=1)
         k = min(20, len(pred))
@@ -336,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
+    except MemoryError as e:  # numpy's allocation failures subclass MemoryError
+        what = str(e).strip() or "out of memory"
+        print(f"convdsl: error: not enough memory: {what}", file=sys.stderr)
+        return EXIT_INPUT
     except BrokenPipeError:
         # The reader (say `| head`) went away: not an error of ours.  Point stdout
         # at devnull so the interpreter's final flush does not complain either.

@@ -243,11 +243,21 @@ class _FnGen:
     def width_of(self, v: ir.Value) -> int:
         return v.type.count if isinstance(v.type, ir.VectorType) else 1
 
+    # NaN in either operand of max / min gives NaN, as in PyTorch (and IEEE 754-2019 maximum):
+    # a NaN input must not come out as a plausible number.  (The ordered select alone keeps only
+    # b's NaN; the second select keeps a's.)
     def fmax(self, a: ir.Value, b: ir.Value) -> ir.Value:
-        return self.b.select(self.b.fcmp_ordered(">", a, b), a, b)
+        r = self.b.select(self.b.fcmp_ordered(">", a, b), a, b)
+        return self.b.select(self.b.fcmp_unordered("uno", a, a), a, r)
 
     def fmin(self, a: ir.Value, b: ir.Value) -> ir.Value:
-        return self.b.select(self.b.fcmp_ordered("<", a, b), a, b)
+        r = self.b.select(self.b.fcmp_ordered("<", a, b), a, b)
+        return self.b.select(self.b.fcmp_unordered("uno", a, a), a, r)
+
+    def relu(self, x: ir.Value) -> ir.Value:
+        """``max(x, 0)`` with x's NaN kept, in one compare and select."""
+        zero = self.const(0.0, self.width_of(x))
+        return self.b.select(self.b.fcmp_ordered("<", x, zero), zero, x)
 
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
         return self.b.call(self.intrinsic("llvm.fma", self.width_of(a)), [a, b, c])
@@ -256,7 +266,17 @@ class _FnGen:
         """``e^x``; ``degree`` 7 (relative error < 3e-7) or 5 (< 3e-6, enough where the result is
         only added to 1, as in the sigmoid)."""
         b, w = self.b, self.width_of(x)
-        x = self.fmin(self.fmax(x, self.const(EXP_LO, w)), self.const(EXP_HI, w))
+        nan = b.fcmp_unordered("uno", x, x)
+        # clamped, and NaN replaced by 0 for the computation (a NaN exponent would reach the
+        # float-to-int conversion, whose result LLVM leaves undefined); NaN is put back at the end
+        lo, hi = self.const(EXP_LO, w), self.const(EXP_HI, w)
+        xc = b.select(b.fcmp_unordered("<", x, lo), lo, x)  # (unordered: NaN -> lo)
+        xc = b.select(b.fcmp_ordered(">", xc, hi), hi, xc)
+        y = self._exp_finite(xc, degree)
+        return b.select(nan, x, y)
+
+    def _exp_finite(self, x: ir.Value, degree: int) -> ir.Value:
+        b, w = self.b, self.width_of(x)
         n = b.call(self.intrinsic("llvm.rint", w), [b.fmul(x, self.const(LOG2E, w))])
         r = self.fma(n, self.const(-LN2_HI, w), x)
         r = self.fma(n, self.const(-LN2_LO, w), r)
@@ -311,7 +331,7 @@ class _FnGen:
                     case "exp":
                         return self.exp(va)
                     case "relu":
-                        return self.fmax(va, self.const(0.0, w))
+                        return self.relu(va)
                     case "sigmoid":
                         return b.fdiv(one, b.fadd(one, self.exp(b.fneg(va), degree=5)))
                     case "tanh":

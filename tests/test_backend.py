@@ -334,6 +334,49 @@ def test_winograd_weights_are_the_transform():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+NAN_CASES = {
+    "lenet": (lenet(), VEC),
+    "lenet_relu": (lenet(relu=True), VEC),
+    "lenet_relu_scalar": (lenet(relu=True), SCALAR),
+    "winograd_tanh_softmax": (net((4, 9, 8), conv(8, 3, padding=1), act("tanh"), pool("max", 2), flatten(),
+                                  dense(6), softmax()), WINO),
+    "avg_sigmoid": (net((3, 8, 8), conv(5, 3), act("sigmoid"), pool("avg", 2, 1), conv(4, 1), act("relu"),
+                        pool("max", 3, 2, padding=1, ceil=True)), VEC),
+}
+
+
+@pytest.mark.parametrize("name", list(NAN_CASES))
+def test_nan_and_inf_inputs_match_torch(name):
+    """A NaN or infinite input value gives NaN or infinite outputs exactly where PyTorch's do (max,
+    relu, pooling and the vectorised exp must not turn a NaN into a plausible number); the other
+    images of the batch are unaffected.  Winograd is the one exception, for infinities only: its
+    transforms add and subtract an infinite input in several places (inf - inf), so it can give NaN
+    where a direct convolution gives +-inf (and, after it, a saturated activation gives +-1)."""
+    model, schedule = NAN_CASES[name]
+    cm = model.bind({})
+    rng = np.random.default_rng(8)
+    wd = random_weights(cm, rng)
+    x = rng.standard_normal((6, *cm.input_shape)).astype(np.float32)
+    C, H, W = cm.input_shape
+    x[1, 0, H // 2, W // 3] = np.nan
+    x[3, C - 1, 0, 0] = np.nan
+    x[4, 0, H - 1, W - 1] = np.inf
+    x[5, 0, 1, 1] = -np.inf
+    want = torch_run(cm, wd, x)
+    c = compile_model(cm, schedule)
+    got = c.run(x, c.pack_weights(wd))
+    strict = slice(0, 4) if any(k.name.startswith("winograd_") for k in c.program.kernels) else slice(None)
+    g, e = got[strict], want[strict]
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(e))
+    np.testing.assert_array_equal(np.isinf(g), np.isinf(e))
+    np.testing.assert_allclose(g[np.isfinite(e)], e[np.isfinite(e)], rtol=RTOL, atol=ATOL)
+    if strict.stop:  # Winograd, infinite inputs: NaN, or what PyTorch gives
+        g, e = got[4:], want[4:]
+        same = np.isclose(g, e, rtol=RTOL, atol=ATOL) | (np.isinf(e) & (g == e))
+        assert (np.isnan(g) | same).all(), (g, e)
+    assert np.isnan(want[1]).any()  # (the case does test something)
+
+
 # ----------------------------------------------------------------------------- (d) asm, (e) threads, (f) batch
 
 

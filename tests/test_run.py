@@ -205,6 +205,9 @@ def test_fast_path_still_checks_every_call():
         net(np.zeros((2, 1, 28, 27), np.float32))
     with pytest.raises(convdsl.BoundaryError, match="threads must be at least 1"):
         net(x, threads=0)
+    with pytest.raises(convdsl.BoundaryError, match="threads must be an integer"):
+        net(x, threads="2")
+    np.testing.assert_array_equal(net(x, threads=np.int64(2)), net(x, threads=1))
 
 
 def test_user_mistakes_found_in_a_new_user_trial(tmp_path, capsys):
@@ -234,3 +237,27 @@ def test_binary_file_and_byte_order_mark(tmp_path, capsys):
     bom = tmp_path / "bom.conv"
     bom.write_bytes(b"\xef\xbb\xbf" + (EXAMPLES / "lenet.conv").read_bytes())
     assert cli(capsys, "check", str(bom))[0] == 0
+
+
+def test_second_new_user_trial(tmp_path, capsys):
+    # NaN / inf in an input file: a warning, and NaN outputs for those images (not plausible numbers)
+    x = np.random.default_rng(5).random((3, 1, 28, 28), dtype=np.float32)
+    x[1, 0, 5, 5] = np.nan
+    p = tmp_path / "x.npy"
+    np.save(p, x)
+    out_file = tmp_path / "y.npy"
+    code, out, err = cli(capsys, "run", LENET, "--input", str(p), "--output", str(out_file), "--repeat", "1")
+    assert code == 0 and "1 image hold NaN or infinite values" in err
+    y = np.load(out_file)
+    assert np.isnan(y[1]).all() and np.isfinite(y[[0, 2]]).all()
+    # --size only shapes a random batch
+    code, _, err = cli(capsys, "run", str(EXAMPLES / "anysize.conv"), "--input", str(p), "--size", "H=16")
+    assert code == 2 and "with --input the array's shape gives them" in err
+    # more digits asked for than there are: said so
+    code, out, _ = cli(capsys, "run", LENET, "--batch", "1000", "--repeat", "1")
+    assert code == 0 and "359 bundled handwritten digits" in out and "--batch 1000 asked for more" in out
+    code, out, _ = cli(capsys, "run", LENET, "--batch", "1", "--repeat", "1")
+    assert "1 bundled handwritten digit " in out
+    # a model with fixed sizes is compiled by compile() itself
+    net = convdsl.compile(LENET, str(EXAMPLES / "lenet.npz"))
+    assert net.last_compile is not None
