@@ -246,13 +246,15 @@ class _FnGen:
     # NaN in either operand of max / min gives NaN, as in PyTorch (and IEEE 754-2019 maximum):
     # a NaN input must not come out as a plausible number.  (The ordered select alone keeps only
     # b's NaN; the second select keeps a's.)
-    def fmax(self, a: ir.Value, b: ir.Value) -> ir.Value:
-        r = self.b.select(self.b.fcmp_ordered(">", a, b), a, b)
+    def _pick(self, op: str, a: ir.Value, b: ir.Value) -> ir.Value:
+        r = self.b.select(self.b.fcmp_ordered(op, a, b), a, b)
         return self.b.select(self.b.fcmp_unordered("uno", a, a), a, r)
 
+    def fmax(self, a: ir.Value, b: ir.Value) -> ir.Value:
+        return self._pick(">", a, b)
+
     def fmin(self, a: ir.Value, b: ir.Value) -> ir.Value:
-        r = self.b.select(self.b.fcmp_ordered("<", a, b), a, b)
-        return self.b.select(self.b.fcmp_unordered("uno", a, a), a, r)
+        return self._pick("<", a, b)
 
     def relu(self, x: ir.Value) -> ir.Value:
         """``max(x, 0)`` with x's NaN kept, in one compare and select."""

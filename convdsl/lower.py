@@ -552,6 +552,19 @@ def _split(extent: int, max_block: int) -> int:
     return -(-extent // nblocks)
 
 
+def _fma_step(V: int, weights: list[L.Value], inputs: list[L.Value]) -> list[L.Stmt]:
+    """One step of a register-blocked micro-kernel (direct conv, Winograd GEMM, dense):
+    ``acc{j}_{c} += w{c} * x{j}`` for the weight vectors ``weights`` and the scalar ``inputs``,
+    broadcast.  Each input is loaded just before its FMAs, so one or two broadcast registers
+    are live at a time."""
+    out: list[L.Stmt] = [L.DeclLocal(f"w{c}", V, w) for c, w in enumerate(weights)]
+    for j, x in enumerate(inputs):
+        out.append(L.DeclLocal(f"x{j}", V, L.Broadcast(x, V) if V > 1 else x))
+        for c in range(len(weights)):
+            out.append(L.Assign(f"acc{j}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{j}"), L.Local(f"acc{j}_{c}"))))
+    return out
+
+
 # ----------------------------------------------------------------------------- stage emitters
 
 
@@ -770,21 +783,15 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
             init: L.Value = L.Load(bname, imul(iadd(ob0, c), V), V) if bname else L.FConst(0.0, V)
             for p in range(len(pts)):
                 stm.append(L.DeclLocal(f"acc{p}_{c}", V, init))
-        inner: list[L.Stmt] = []
-        for c in range(nc):
-            widx = iadd(w_base, c * n_ic * KH * KW * V,
-                        imul(iadd(imul(iadd(imul("ic", KH), "kh"), KW), "kw"), V))
-            inner.append(L.DeclLocal(f"w{c}", V, L.Load(wname, widx, V)))
+        wk = imul(iadd(imul(iadd(imul("ic", KH), "kh"), KW), "kw"), V)
+        ws = [L.Load(wname, iadd(w_base, c * n_ic * KH * KW * V, wk), V) for c in range(nc)]
         ic_abs = iadd(ic_base, "ic")
-        for p, (j, r, q) in enumerate(pts):
+        xs = []
+        for j, r, q in pts:
             ih = iadd(imul(iadd(imul("oh", PKH), r), SH), imul("kh", DH), -op.padding[0])
             iw = iadd(imul(iadd(imul(iadd(ow0, j), PKW), q), SW), imul("kw", DW), -op.padding[2])
-            xv = L.Broadcast(L.Load(src.buf, src.at("i", ic_abs, ih, iw)), V) if V > 1 else \
-                L.Load(src.buf, src.at("i", ic_abs, ih, iw))
-            inner.append(L.DeclLocal(f"x{p}", V, xv))
-            for c in range(nc):
-                inner.append(L.Assign(f"acc{p}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{p}"),
-                                                           L.Local(f"acc{p}_{c}"))))
+            xs.append(L.Load(src.buf, src.at("i", ic_abs, ih, iw)))
+        inner = _fma_step(V, ws, xs)
         stm += _for("ic", n_ic, _for("kh", KH, _for("kw", KW, inner, unroll=unroll_kw)))
         for j in range(nw):
             for c in range(nc):
@@ -952,15 +959,9 @@ def _emit_winograd(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         for j in range(nw):
             for c in range(nc):
                 gemm.append(L.DeclLocal(f"acc{j}_{c}", V, L.FConst(0.0, V)))
-        inner: list[L.Stmt] = []
-        for c in range(nc):
-            widx = imul(iadd(imul(iadd(imul("xi", Ob), ob0, c), Cp), "ic"), V)
-            inner.append(L.DeclLocal(f"w{c}", V, L.Load(wname, widx, V)))
-        for j in range(nw):
-            inner.append(L.DeclLocal(f"x{j}", V, L.Broadcast(L.Load(ubuf, u_at("xi", iadd(t0, j), "ic")), V)))
-            for c in range(nc):
-                inner.append(L.Assign(f"acc{j}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{j}"),
-                                                           L.Local(f"acc{j}_{c}"))))
+        inner = _fma_step(V, [L.Load(wname, imul(iadd(imul(iadd(imul("xi", Ob), ob0, c), Cp), "ic"), V), V)
+                              for c in range(nc)],
+                          [L.Load(ubuf, u_at("xi", iadd(t0, j), "ic")) for j in range(nw)])
         gemm += _for("ic", C, inner)
         for j in range(nw):
             for c in range(nc):
@@ -1027,15 +1028,8 @@ def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
             init: L.Value = L.Load(bname, imul(iadd(ob0, c), V), V) if bname else L.FConst(0.0, V)
             for j in range(ni):
                 stm.append(L.DeclLocal(f"acc{j}_{c}", V, init))
-        inner: list[L.Stmt] = []
-        for c in range(nc):
-            inner.append(L.DeclLocal(f"w{c}", V, L.Load(wname, imul(iadd(imul(iadd(ob0, c), K), "k"), V), V)))
-        for j in range(ni):
-            ld = L.Load(src.buf, iadd(src.image(iadd(i0, j)), "k"))
-            inner.append(L.DeclLocal(f"x{j}", V, L.Broadcast(ld, V) if V > 1 else ld))
-            for c in range(nc):
-                inner.append(L.Assign(f"acc{j}_{c}", L.FMA(L.Local(f"w{c}"), L.Local(f"x{j}"),
-                                                           L.Local(f"acc{j}_{c}"))))
+        inner = _fma_step(V, [L.Load(wname, imul(iadd(imul(iadd(ob0, c), K), "k"), V), V) for c in range(nc)],
+                          [L.Load(src.buf, iadd(src.image(iadd(i0, j)), "k")) for j in range(ni)])
         stm += _for("k", K, inner)
         for j in range(ni):
             for c in range(nc):
