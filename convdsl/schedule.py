@@ -61,6 +61,19 @@ class Schedule:
     def for_host() -> "Schedule":
         return _host_schedule()
 
+    @staticmethod
+    def for_width(width: int) -> "Schedule":
+        """The schedule tuned for hosts of ``width``-lane vectors (16: AVX-512, 8: AVX2, 4: SSE or
+        NEON, 1: scalar).  It runs on any host, LLVM splitting vectors wider than the host's, so
+        tests of every width run everywhere."""
+        if width == 16:
+            # 32 zmm registers: wider register blocks fit.
+            return Schedule(vector_width=16, vector_registers=32, oc_block=2, ow_block=12, dense_out_block=4,
+                            dense_batch_block=6)
+        if width == 1:
+            return Schedule(vector_width=8, vector_registers=16).scalar()
+        return Schedule(vector_width=width, vector_registers=16)
+
     def scalar(self) -> "Schedule":
         """The same schedule with vectors of one lane (plain scalar code)."""
         return replace(self, vector_width=1)
@@ -81,9 +94,7 @@ def host_features() -> dict[str, bool]:
 def _host_schedule() -> Schedule:
     feats = host_features()
     if feats.get("avx512f"):
-        # 32 zmm registers: wider register blocks fit.
-        return Schedule(vector_width=16, vector_registers=32, oc_block=2, ow_block=12, dense_out_block=4,
-                        dense_batch_block=6)
+        return Schedule.for_width(16)
     if feats.get("avx2") or feats.get("avx") or feats.get("fma"):
-        return Schedule(vector_width=8, vector_registers=16)
-    return Schedule(vector_width=4, vector_registers=16)
+        return Schedule.for_width(8)
+    return Schedule.for_width(4)

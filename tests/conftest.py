@@ -11,6 +11,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reference.py a
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/* from current output")
+    parser.addoption("--vector-width", type=int, choices=(4, 8, 16), default=None,
+                     help="vector width of the tests' schedules (default: the host's)")
+
+
+def pytest_configure(config):
+    import widths
+
+    widths.FORCED = config.getoption("--vector-width")
+
+
+def pytest_report_header(config):
+    import widths
+
+    return f"convdsl vector width: {widths.vec().vector_width}" + (" (forced)" if widths.FORCED else " (host)")
 
 
 @pytest.fixture

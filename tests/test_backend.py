@@ -28,9 +28,10 @@ from convdsl.schedule import Schedule  # noqa: E402
 from netbuild import (act, conv, dense, flatten, gap, lenet, net, pool, pool_out_size,  # noqa: E402
                       conv_padding, out_size, softmax)
 from reference import random_weights, run_reference  # noqa: E402
+from widths import BOTH, vec  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
-VEC = Schedule.for_host()
+VEC = vec()
 SCALAR = VEC.scalar()
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
@@ -213,32 +214,35 @@ def head_net(draw):
     return net((c, h, w), *layers), draw(st.integers(1, 17))
 
 
-def _differential(model, batch, seed):
+def _differential(model, batch, seed, width):
     cm = model.bind({})
     rng = np.random.default_rng(seed)
     w = random_weights(cm, rng)
     x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
     expect = torch_run(cm, w, x)
-    c = compile_model(cm)
+    c = compile_model(cm, Schedule.for_width(width))
     got = c.run(x, c.pack_weights(w))
-    np.testing.assert_allclose(got, expect, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, expect, rtol=RTOL, atol=ATOL, err_msg=f"vector width {width}")
 
 
+# the width is drawn too: each run checks 8- and 16-lane code on any host
 @settings(max_examples=120, **SETTINGS)
-@given(conv_net(), st.integers(0, 2**31))
-def test_conv_pool_layers_match_torch(case, seed):
-    _differential(*case, seed)
+@given(conv_net(), st.integers(0, 2**31), st.sampled_from(BOTH))
+def test_conv_pool_layers_match_torch(case, seed, width):
+    _differential(*case, seed, width)
 
 
 @settings(max_examples=45, **SETTINGS)
-@given(head_net(), st.integers(0, 2**31))
-def test_heads_match_torch(case, seed):
-    _differential(*case, seed)
+@given(head_net(), st.integers(0, 2**31), st.sampled_from(BOTH))
+def test_heads_match_torch(case, seed, width):
+    _differential(*case, seed, width)
 
 
 # ----------------------------------------------------------------------------- Winograd F(2x2, 3x3)
 
-WINO = replace(VEC, winograd_min_channels=1)  # every 3x3 stride-1 conv of 2 channels or more
+# every 3x3 stride-1 conv of 2 channels or more, at each width
+WINOS = {w: replace(Schedule.for_width(w), winograd_min_channels=1) for w in BOTH}
+WINO = replace(VEC, winograd_min_channels=1)
 
 
 @st.composite
@@ -269,8 +273,8 @@ def winograd_net(draw):
 
 
 @settings(max_examples=35, **SETTINGS)
-@given(winograd_net(), st.integers(0, 2**31), st.sampled_from([1 << 15, 40]))
-def test_winograd_matches_torch(case, seed, slice_floats):
+@given(winograd_net(), st.integers(0, 2**31), st.sampled_from([1 << 15, 40]), st.sampled_from(BOTH))
+def test_winograd_matches_torch(case, seed, slice_floats, width):
     """Winograd convs against PyTorch's direct convolution: one chunk of tiles per image or many
     (a tiny chunk budget, ragged last chunk), one and two threads, with and without the
     intra-image split (which a batch of one image takes)."""
@@ -285,7 +289,7 @@ def test_winograd_matches_torch(case, seed, slice_floats):
     saved = lower_mod.WINO_SLICE_FLOATS
     lower_mod.WINO_SLICE_FLOATS = slice_floats
     try:
-        compiled = [compile_model(cm, s) for s in (WINO, replace(WINO, split_macs=1))]
+        compiled = [compile_model(cm, s) for s in (WINOS[width], replace(WINOS[width], split_macs=1))]
     finally:
         lower_mod.WINO_SLICE_FLOATS = saved
     for c in compiled:
@@ -381,7 +385,9 @@ def test_nan_and_inf_inputs_match_torch(name):
 
 
 def _host_vector_register() -> str:
-    return "zmm" if VEC.vector_width == 16 else "ymm" if VEC.vector_width == 8 else "xmm"
+    """The register class of the host's own schedule (what ``compile_model`` uses by default)."""
+    w = Schedule.for_host().vector_width
+    return "zmm" if w == 16 else "ymm" if w == 8 else "xmm"
 
 
 def _function_asm(asm: str, prefix: str) -> list[str]:
@@ -522,8 +528,14 @@ def test_schedule_widths_and_blocks(width):
 
 
 def _unary_program(op: str, width: int, n: int) -> L.Program:
-    body = (L.For("k", L.IConst(0), L.IConst(n), width, (
-        L.Store("output", L.IVar("k"), L.Unary(op, L.Load("input", L.IVar("k"), width))),)),)
+    """``output = op(input)`` over images of ``n`` floats: vectors of ``width``, then a scalar tail."""
+    def loop(lo: int, hi: int, step: int) -> L.Stmt:
+        at = L.iadd(L.imul(L.iadd("n0", "i"), n), "k")
+        return L.For("k", L.IConst(lo), L.IConst(hi), step, (
+            L.Store("output", at, L.Unary(op, L.Load("input", at, step))),))
+
+    main = n - n % width
+    body = (L.For("i", L.IConst(0), L.IVar("nt"), 1, (loop(0, main, width), loop(main, n, 1))),)
     k = L.Kernel("unary", ("input", "output"), ("n0", "nt"), body)
     return L.Program("Unary", width, (L.Buffer("input", "input", n), L.Buffer("output", "output", n)), (k,),
                      (L.Call("unary", (L.IConst(0), L.IVar("n"))),), 16, 16)
@@ -545,7 +557,7 @@ def _run_unary(op: str, x: np.ndarray, width: int) -> np.ndarray:
     return y
 
 
-@pytest.mark.parametrize("width", [1, VEC.vector_width])
+@pytest.mark.parametrize("width", [1, *BOTH])
 def test_exp_accuracy(width):
     x = np.linspace(-87.0, 88.0, 1 << 16, dtype=np.float32)
     y = _run_unary("exp", x, width).astype(np.float64)
@@ -559,7 +571,7 @@ def test_activation_saturation(op):
                         np.linspace(-20, 20, 4093, dtype=np.float32)])
     ref = {"sigmoid": lambda v: 0.5 * (1 + np.tanh(0.5 * v)), "tanh": np.tanh,
            "relu": lambda v: np.maximum(v, 0)}[op](x.astype(np.float64))
-    for width in (1, VEC.vector_width):
+    for width in (1, *BOTH):  # 4,104 floats: a scalar tail after whole vectors at 16 lanes
         y = _run_unary(op, x.copy(), width)
         assert np.all(np.isfinite(y))
         np.testing.assert_allclose(y, ref, rtol=RTOL, atol=1e-6)
@@ -639,16 +651,15 @@ def test_conv_pool_fusion(name):
 def test_fusion_choices():
     """LeNetReLU: conv1 (one channel vector: 2 windows x 4 = 8 accumulators >= 7 plain) fuses with
     its pool; conv2 (2 channel vectors: 8 < 12) does not; sigmoid + average pooling never does."""
-    if VEC.vector_width != 8:
-        pytest.skip("blocking figures for 8 lanes")
+    s8 = Schedule.for_width(8)  # (the blocking figures are those of 8 lanes, on any host)
     cm = lenet(relu=True).bind({})
-    fused, plain = compile_model(cm), compile_model(cm, replace(VEC, fuse_pool="off"))
+    fused, plain = compile_model(cm, s8), compile_model(cm, replace(s8, fuse_pool="off"))
     assert fused.lowered.stage_names[1:4] == ("conv1+maxpool1", "conv2", "maxpool2")
     assert plain.lowered.stage_names[1:5] == ("conv1", "maxpool1", "conv2", "maxpool2")
     assert fused.program.scratch_size < plain.program.scratch_size  # conv1's output is gone
-    assert compile_model(lenet().bind({})).lowered.stage_names[1:3] == ("conv1", "avgpool1")
+    assert compile_model(lenet().bind({}), s8).lowered.stage_names[1:3] == ("conv1", "avgpool1")
     # max pooling after a sigmoid: the pool in registers, the sigmoid once per pooled value after
-    sig = compile_model(FUSED_CASES["max_no_act_after_sigmoid"].bind({}))
+    sig = compile_model(FUSED_CASES["max_no_act_after_sigmoid"].bind({}), s8)
     assert sig.lowered.stage_names[0] == "conv1+maxpool1" and "kernel act_" in sig.loops
 
 
