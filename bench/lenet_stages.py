@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from convdsl import api  # noqa: E402
-from convdsl.backend import compile_model  # noqa: E402
-from convdsl.boundary import random_weights  # noqa: E402
+from convdsl.runtime.boundary import random_weights  # noqa: E402
+from convdsl.runtime.compiled import compile_model  # noqa: E402
 
 SGEMM = r"""
 import json, sys, time, numpy as np
@@ -65,7 +65,7 @@ def median_time(fn, budget: float, min_reps: int = 5, max_reps: int = 2000) -> f
 
 
 def macs(cm) -> int:
-    from convdsl.model import Conv, Dense
+    from convdsl.core.model import Conv, Dense
 
     total = 0
     for _layer, _i, out_shape, op in cm.layers:
@@ -83,7 +83,7 @@ def engines(cm, w, threads: int, use_compile: bool):
     try:
         import onnxruntime as ort
 
-        from convdsl.export_onnx import to_onnx
+        from convdsl.tools.export_onnx import to_onnx
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -96,7 +96,7 @@ def engines(cm, w, threads: int, use_compile: bool):
     try:
         import torch
 
-        from convdsl.export_torch import to_torch
+        from convdsl.tools.export_torch import to_torch
 
         torch.set_num_threads(threads)
         mod = to_torch(cm, w).eval()

@@ -8,15 +8,15 @@
 See ``convdsl.api`` for the full API and ``docs/`` for the language.
 """
 
-__version__ = "0.1.0"
+from .core.version import VERSION as __version__
 
 __all__ = ["load", "loads", "compile", "compile_code", "check_file", "check_source", "Program", "Network",
            "CompileError", "BoundaryError", "Schedule"]
 
 _LAZY = {
     "load": "api", "loads": "api", "compile": "api", "compile_code": "api", "Program": "api", "Network": "api",
-    "check_file": "frontend", "check_source": "frontend", "CompileError": "diagnostics",
-    "BoundaryError": "boundary", "Schedule": "schedule",
+    "check_file": "frontend", "check_source": "frontend", "CompileError": "core.diagnostics",
+    "BoundaryError": "runtime.boundary", "Schedule": "backend.schedule",
 }
 
 

@@ -10,7 +10,7 @@
 its weights and returns a :class:`Network`, a callable that checks every input
 array before native code sees it.  Symbolic sizes (``H``, ``W``) are bound
 from each input array; every new binding is compiled once and kept in memory
-(and, through :mod:`convdsl.cache`, on disk).  The batch size is an argument of
+(and, through :mod:`convdsl.backend.cache`, on disk).  The batch size is an argument of
 the compiled code, so a new ``N`` compiles nothing.
 """
 
@@ -24,12 +24,12 @@ from typing import Mapping
 
 import numpy as np
 
-from .boundary import BoundaryError, bind_input, load_weights, random_weights, validate_weights
-from .check import CheckResult
-from .diagnostics import CompileError
+from .backend.schedule import Schedule
+from .core.diagnostics import CompileError
+from .core.model import CheckedModel
+from .frontend.check import CheckResult
 from .frontend import Checked, check_file, check_source
-from .model import CheckedModel
-from .schedule import Schedule
+from .runtime.boundary import BoundaryError, bind_input, load_weights, random_weights, validate_weights
 
 
 @dataclass(frozen=True)
@@ -190,18 +190,14 @@ def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int]
 
     Returns ``(backend.CompiledModel, CompileStats)``; no weights are needed.
     """
-    from .backend import compile_model
-    from .cache import compile_cached
+    from .runtime.compiled import compile_model
 
     env = model.sizes(sizes)
     schedule = schedule or Schedule.for_host()
     concrete = model.bind(env)
     start = time.perf_counter()
-    if cache:
-        compiled, hit = compile_cached(concrete, schedule, program.checked.text)
-    else:
-        compiled, hit = compile_model(concrete, schedule), False
-    return compiled, CompileStats(time.perf_counter() - start, hit)
+    compiled = compile_model(concrete, schedule, program.checked.text if cache else None)
+    return compiled, CompileStats(time.perf_counter() - start, compiled.cache_hit)
 
 
 def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
@@ -214,7 +210,7 @@ def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarr
     a path to an ``.npz`` holding them, or None for seeded random weights
     (PyTorch's default initialisation).  Weights are checked against the model
     (names, shapes, dtypes) when a binding is compiled: a mismatch raises
-    :class:`~convdsl.boundary.BoundaryError` naming the layer, the expected and
+    :class:`~convdsl.runtime.boundary.BoundaryError` naming the layer, the expected and
     the found shape.  A model whose input sizes are all fixed (but the batch)
     is compiled here; one with symbolic sizes compiles each binding on the
     first call with those sizes (or ``bind``).

@@ -2,7 +2,7 @@
 
 ``net((C, H, W), conv(6, 5, padding=2), act("sigmoid"), pool("avg", 2), ...)``
 computes every output shape with LANGUAGE.md's formula and returns a
-:class:`convdsl.model.CheckedModel` whose shapes are plain ints (the batch
+:class:`convdsl.core.model.CheckedModel` whose shapes are plain ints (the batch
 axis is a placeholder ``1``; the compiled code takes N at run time).
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from convdsl.diagnostics import Span
-from convdsl.model import (Activation, CheckedModel, Conv, Dense, Flatten, GlobalAvgPool, Layer, Op, Pool,
-                           Softmax)
+from convdsl.core.diagnostics import Span
+from convdsl.core.model import Activation, CheckedModel, Conv, Dense, Flatten, GlobalAvgPool, Layer, Op, Pool, Softmax
 
 SPAN = Span("<test>", 1, 1, 1, 2)
 Shape = tuple[int, ...]  # per image: (C, H, W) or (F,)

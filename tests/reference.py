@@ -2,14 +2,14 @@
 
 Loops run over output positions; each step is vectorised over the batch and
 channels with numpy.  Clarity over speed.  ``run_reference(cm, weights, x)``
-runs a whole :class:`~convdsl.model.ConcreteModel` on ``x`` ``[N, C, H, W]``.
+runs a whole :class:`~convdsl.core.model.ConcreteModel` on ``x`` ``[N, C, H, W]``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from convdsl.model import (Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax)
+from convdsl.core.model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups):

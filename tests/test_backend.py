@@ -19,16 +19,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
-from convdsl import loopir as L  # noqa: E402
-from convdsl.backend import compile_model  # noqa: E402
-from convdsl.export_torch import to_torch  # noqa: E402
-from convdsl.schedule import Schedule  # noqa: E402
-from netbuild import (act, conv, dense, flatten, gap, lenet, net, pool, pool_out_size,  # noqa: E402
-                      conv_padding, out_size, softmax)
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
+from netbuild import act, conv, conv_padding, dense, flatten, gap, lenet, net, out_size, pool, pool_out_size, softmax  # noqa: E402
 from reference import random_weights, run_reference  # noqa: E402
 from widths import BOTH, vec  # noqa: E402
+
+from convdsl.backend import loopir as L  # noqa: E402
+from convdsl.backend.schedule import Schedule  # noqa: E402
+from convdsl.runtime.compiled import compile_model  # noqa: E402
+from convdsl.tools.export_torch import to_torch  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 VEC = vec()
@@ -278,7 +278,7 @@ def test_winograd_matches_torch(case, seed, slice_floats, width):
     """Winograd convs against PyTorch's direct convolution: one chunk of tiles per image or many
     (a tiny chunk budget, ragged last chunk), one and two threads, with and without the
     intra-image split (which a batch of one image takes)."""
-    from convdsl import lower as lower_mod
+    from convdsl.backend import lower as lower_mod
 
     model, batch = case
     cm = model.bind({})
@@ -304,7 +304,7 @@ def test_winograd_matches_torch(case, seed, slice_floats, width):
 def test_winograd_choice():
     """Winograd only where it pays: 3x3, stride 1, undilated, ungrouped, enough channels, a vector
     schedule; the VGG examples' deeper convs take it, their first (1 or 3 channels) does not."""
-    from convdsl.lower import lower
+    from convdsl.backend.lower import lower
 
     def kinds(model, s=VEC):
         return [k.name.rstrip("0123456789") for k in lower(model.bind({}), s).program.kernels
@@ -433,7 +433,7 @@ def test_helper_threads_life_cycle():
     import threading
     import time
 
-    from convdsl import backend
+    from convdsl.runtime import compiled as backend
 
     c, w, x, one = _lenet_run(2, 24, relu=True)
     for _ in range(20):  # spinning hand-over
@@ -476,7 +476,7 @@ def test_helper_threads_life_cycle():
 def test_helper_handover_races(monkeypatch, turns):
     """Many small calls with helpers that give up spinning after 0 to 3000 turns: every hand-over
     race between a helper marking itself asleep and a new job being posted is taken both ways."""
-    from convdsl import backend
+    from convdsl.runtime import compiled as backend
 
     monkeypatch.setattr(backend, "SPIN_TURNS", turns)
     c, w, x, one = _lenet_run(3, 3, relu=True, schedule=replace(VEC, batch_tile=1))
@@ -544,8 +544,8 @@ def _unary_program(op: str, width: int, n: int) -> L.Program:
 def _run_unary(op: str, x: np.ndarray, width: int) -> np.ndarray:
     import ctypes
 
-    from convdsl.codegen import codegen, entry_name
-    from convdsl.jit import JitModule
+    from convdsl.backend.codegen import codegen, entry_name
+    from convdsl.backend.jit import JitModule
 
     prog = _unary_program(op, width, x.size)
     L.verify(prog)
@@ -806,7 +806,7 @@ def test_dense_tail_tiles(name):
 
 def test_dense_tail_threshold():
     """The default schedule gives a second tile level only to dense weights past the caches."""
-    from convdsl.lower import lower
+    from convdsl.backend.lower import lower
 
     assert lower(lenet().bind({}), VEC).outer_tile == 0  # LeNet: 0.24 MB of dense weights
     big = net((8, 6, 6), conv(16, 3, padding=1), act("relu"), flatten(), dense(1024), act("relu"), dense(10)).bind({})
@@ -815,7 +815,7 @@ def test_dense_tail_threshold():
 
 def test_split_threshold():
     """Small models (LeNet) keep the plain entry only; the threshold counts multiply-adds."""
-    from convdsl.lower import lower
+    from convdsl.backend.lower import lower
 
     cm = lenet().bind({})
     assert lower(cm, VEC).program.stages == ()

@@ -4,19 +4,18 @@ import json
 import sys
 
 import numpy as np
+import onnx  # noqa: E402  (the test extra installs onnx, onnxruntime and torch: no skipping)
+import onnxruntime as ort  # noqa: E402
 import pytest
-
 from conftest import EXAMPLES
-from convdsl.backend import compile_model
-from convdsl.bench import ENGINES, numpy_forward, render
-from convdsl.boundary import load_weights
-from convdsl.cli import main
-from convdsl.export_onnx import to_onnx
 from netbuild import act, conv, dense, flatten, gap, lenet, net, pool, softmax
 from reference import random_weights, run_reference
 
-import onnx  # noqa: E402  (the test extra installs onnx, onnxruntime and torch: no skipping)
-import onnxruntime as ort  # noqa: E402
+from convdsl.runtime.boundary import load_weights
+from convdsl.runtime.compiled import compile_model
+from convdsl.tools.bench import ENGINES, numpy_forward, render
+from convdsl.tools.cli import main
+from convdsl.tools.export_onnx import to_onnx
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -53,7 +52,7 @@ def _close(a, b):
 def test_onnx_matches_convdsl_torch_and_numpy(name):
     import torch
 
-    from convdsl.export_torch import to_torch
+    from convdsl.tools.export_torch import to_torch
 
     model = MODELS[name]
     cm = model.bind({})

@@ -1,4 +1,4 @@
-"""The loop-IR verifier proves every access in bounds (convdsl.bounds).
+"""The loop-IR verifier proves every access in bounds (convdsl.backend.bounds).
 
 Regression: on 16-lane hosts a 4,104-float loop stepping by the vector width wrote 8 floats past
 its output and the suite died with ``corrupted size vs. prev_size``; the verifier accepted it.
@@ -10,14 +10,14 @@ import glob
 from dataclasses import replace
 
 import pytest
-
-from convdsl import loopir as L
-from convdsl.bounds import check_bounds
-from convdsl.frontend import check_file
-from convdsl.lower import lower
-from convdsl.schedule import Schedule
 from netbuild import conv, dense, flatten, lenet, net, pool
 from widths import BOTH
+
+from convdsl.backend import loopir as L
+from convdsl.backend.bounds import check_bounds
+from convdsl.backend.lower import lower
+from convdsl.backend.schedule import Schedule
+from convdsl.frontend import check_file
 
 SCHEDULES = {
     **{f"vec{w}": Schedule.for_width(w) for w in BOTH},

@@ -5,10 +5,10 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, ROOT
-from convdsl.cli import main
+
 from convdsl.frontend import check_source
+from convdsl.tools.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
 MODELS = sorted(p.name for p in EXAMPLES.glob("*.conv"))

@@ -3,8 +3,8 @@
 import re
 
 import pytest
-
 from conftest import ROOT
+
 from convdsl.frontend import check_source
 
 BLOCKS = re.findall(r"```conv\n(.*?)```", (ROOT / "docs" / "language.md").read_text(), re.S)

@@ -5,12 +5,12 @@ The small ones are also checked against the numpy reference written from the def
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
+from reference import run_reference
 
 import convdsl
-from conftest import EXAMPLES
-from convdsl.boundary import random_weights
-from convdsl.export_torch import to_torch
-from reference import run_reference
+from convdsl.runtime.boundary import random_weights
+from convdsl.tools.export_torch import to_torch
 
 EXAMPLES_AND_SIZES = [
     ("lenet.conv", {}, 3), ("lenet_relu.conv", {}, 3), ("lenet5.conv", {}, 3),

@@ -3,13 +3,13 @@
 import json
 import time
 
+from conftest import EXAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EXAMPLES
-from convdsl.cli import main
 from convdsl.frontend import check_source
-from convdsl.report import json_report, text_report
+from convdsl.frontend.report import json_report, text_report
+from convdsl.tools.cli import main
 
 SEEDS = [p.read_text() for p in sorted(EXAMPLES.glob("*.conv"))] + \
         [p.read_text() for p in sorted((EXAMPLES / "errors").glob("*.conv"))]

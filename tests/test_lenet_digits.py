@@ -6,11 +6,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, ROOT
 
 import convdsl
-from conftest import EXAMPLES, ROOT
 from convdsl.data import load_digits
-from convdsl.export_torch import to_torch
+from convdsl.tools.export_torch import to_torch
 
 
 @pytest.mark.parametrize("name", ["lenet", "lenet_relu"])

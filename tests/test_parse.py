@@ -1,15 +1,16 @@
-"""Tests of convdsl.parse: the AST of valid programs, exact spans, and syntax errors."""
+"""Tests of convdsl.frontend.parse: the AST of valid programs, exact spans, and syntax errors."""
 
 from __future__ import annotations
 
 import textwrap
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from convdsl import ast
-from convdsl.diagnostics import Span, render
-from convdsl.parse import get_parser, parse
+from convdsl.core.diagnostics import Span, render
+from convdsl.frontend import ast
+from convdsl.frontend.parse import get_parser, parse
 
 LENET = """\
 # LeNet, as in the seed's section 8.6 (Dive into Deep Learning)

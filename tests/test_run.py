@@ -1,16 +1,14 @@
 """`convdsl run` / `compile` and the Python API: defaults, output, cache, and every boundary error."""
 
-import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, ROOT
 
 import convdsl
-from conftest import EXAMPLES, ROOT
-from convdsl.cli import main
+from convdsl.tools.cli import main
 
 LENET = str(EXAMPLES / "lenet.conv")
 

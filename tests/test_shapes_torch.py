@@ -9,10 +9,10 @@ the checker's, layer by layer.  MACs are recomputed from torch's shapes.
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import EXAMPLES
+
+from convdsl.core.model import Activation, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
 from convdsl.frontend import check_source
-from convdsl.model import Activation, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
 
 CONCRETE = ["lenet.conv", "lenet_relu.conv", "lenet5.conv", "alexnet.conv", "vgg11.conv", "vgg11_small.conv",
             "nin.conv"]

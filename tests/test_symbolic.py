@@ -1,4 +1,4 @@
-"""Tests for convdsl.symbolic: canonical forms, printing, proofs, minimal sizes."""
+"""Tests for convdsl.core.symbolic: canonical forms, printing, proofs, minimal sizes."""
 
 import pickle
 import random
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convdsl.symbolic import (
+from convdsl.core.symbolic import (
     Domain,
     Expr,
     UnboundSymbol,

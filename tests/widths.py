@@ -8,7 +8,7 @@ splits vectors wider than the host's.  The hypothesis differential tests draw th
 
 from __future__ import annotations
 
-from convdsl.schedule import Schedule
+from convdsl.backend.schedule import Schedule
 
 FORCED: int | None = None  # set by conftest.py from --vector-width
 BOTH = (8, 16)

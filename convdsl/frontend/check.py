@@ -1,7 +1,7 @@
 """The shape checker: AST -> checked models + diagnostics.
 
-Precondition: a :class:`~convdsl.ast.Program` from :func:`convdsl.parse.parse`.
-Postcondition: one :class:`~convdsl.model.CheckedModel` per model that has no
+Precondition: a :class:`~convdsl.frontend.ast.Program` from :func:`convdsl.frontend.parse.parse`.
+Postcondition: one :class:`~convdsl.core.model.CheckedModel` per model that has no
 error, and every diagnostic found (several independent errors are all
 reported).  Nothing after this stage reports user errors.
 
@@ -25,10 +25,9 @@ import difflib
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping
 
-from . import ast
-from . import symbolic as sy
-from .diagnostics import Diagnostic, Note, Span, error, warning
-from .model import (
+from ..core import symbolic as sy
+from ..core.diagnostics import Diagnostic, Note, Span, error, warning
+from ..core.model import (
     Activation,
     CheckedModel,
     Conv,
@@ -40,7 +39,8 @@ from .model import (
     Pool,
     Softmax,
 )
-from .symbolic import Dim
+from ..core.symbolic import Dim
+from . import ast
 
 BUILTIN_OPS = (
     "conv", "maxpool", "avgpool", "global_avgpool", "flatten", "dense",

@@ -1,6 +1,6 @@
 """The schedule: *how* the back end computes a network, never *what*.
 
-A :class:`Schedule` is handed to :func:`convdsl.lower.lower` next to the
+A :class:`Schedule` is handed to :func:`convdsl.backend.lower.lower` next to the
 concrete model.  It fixes the SIMD width, the register blocking of the
 convolution and dense micro-kernels, the batch tile and a few loop-order
 choices.  Every schedule computes the same function; tests run the scalar
@@ -29,7 +29,7 @@ class Schedule:
     batch_tile: int = 8  # images per pass through the whole network (scratch holds one tile)
     # a network ending in dense layers with at least this many bytes of weights runs them on tiles of
     # ``dense_tile`` images (rounded up to whole batch tiles), so their weights stream from memory
-    # once per dense tile rather than once per batch tile (see convdsl.lower)
+    # once per dense tile rather than once per batch tile (see convdsl.backend.lower)
     dense_tile: int = 64
     dense_tail_bytes: int = 1 << 20
     # 3x3 stride-1 convs by Winograd F(2x2, 3x3) (2.25x fewer multiplies; vector schedules only)

@@ -3,11 +3,11 @@
 A :class:`CheckedModel` is a flat pipeline of :class:`Layer` objects in
 execution order (block instances already expanded, layer names dotted), each
 with its operation's arguments fully resolved to integers and its input and
-output shapes as :data:`~convdsl.symbolic.Dim` values: plain ``int`` where the
-size is known, a canonical :class:`~convdsl.symbolic.Expr` where it depends on
+output shapes as :data:`~convdsl.core.symbolic.Dim` values: plain ``int`` where the
+size is known, a canonical :class:`~convdsl.core.symbolic.Expr` where it depends on
 symbols such as ``N``, ``H`` or ``W``.
 
-Precondition for the back end: the model came out of :func:`convdsl.check.check`
+Precondition for the back end: the model came out of :func:`convdsl.frontend.check.check`
 without errors.  Nothing past this point reports user errors.
 """
 
@@ -18,7 +18,6 @@ from typing import Literal, Mapping, Union
 
 from .diagnostics import Span
 from .symbolic import Dim, evaluate
-
 
 Pair = tuple[int, int]
 

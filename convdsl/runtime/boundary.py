@@ -15,8 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
-from . import symbolic as sy
-from .model import CheckedModel, Conv, Dense
+from ..core import symbolic as sy
+from ..core.model import CheckedModel, Conv, Dense
 
 
 class BoundaryError(ValueError):

@@ -1,7 +1,7 @@
 """The front half of the pipeline: source text -> parse -> check.
 
 ``check_source`` and ``check_file`` never raise for a bad program: every
-problem is a diagnostic in the returned :class:`~convdsl.check.CheckResult`.
+problem is a diagnostic in the returned :class:`~convdsl.frontend.check.CheckResult`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..core.diagnostics import Diagnostic, Span, error, render_all
 from .check import CheckResult, check
-from .diagnostics import Diagnostic, Span, error, render_all
 from .parse import parse
 
 

@@ -1,6 +1,6 @@
-"""The back end's driver: lower, generate, JIT, and call the native code.
+"""The compiled network: native code called from Python, on one thread or a team.
 
-``compile_model(cm, schedule)`` runs ``lower`` -> ``codegen`` -> ``JitModule``
+``compile_model(cm, schedule)`` runs the back end (:func:`convdsl.backend.driver.build`)
 and returns a :class:`CompiledModel`.  Its native entry point is
 ``forward(input*, output*, weights*, scratch*, n)`` with the batch size ``n``
 a run-time argument; :meth:`CompiledModel.run` calls it through ctypes (which
@@ -43,13 +43,24 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import loopir
-from .codegen import (ASLEEP, EXIT, arrays_entry_name, batch_name, codegen, cycles_name, entry_name, post_name,
-                      stage_name, wait_name, worker_name)
-from .jit import JitModule
-from .lower import Lowered, aligned_zeros, lower
-from .model import ConcreteModel
-from .schedule import Schedule
+from ..backend import loopir
+from ..backend.codegen import (
+    ASLEEP,
+    EXIT,
+    arrays_entry_name,
+    batch_name,
+    cycles_name,
+    entry_name,
+    post_name,
+    stage_name,
+    wait_name,
+    worker_name,
+)
+from ..backend.driver import build
+from ..backend.jit import JitModule
+from ..backend.lower import Lowered, aligned_zeros
+from ..backend.schedule import Schedule
+from ..core.model import ConcreteModel
 
 _FORWARD = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                             ctypes.c_int64)
@@ -93,8 +104,10 @@ class PackedWeights:
 
 
 class CompiledModel:
-    def __init__(self, cm: ConcreteModel, schedule: Schedule, lowered: Lowered, jit: JitModule) -> None:
+    def __init__(self, cm: ConcreteModel, schedule: Schedule, lowered: Lowered, jit: JitModule,
+                 cache_hit: bool = False) -> None:
         self.model = cm
+        self.cache_hit = cache_hit
         self.schedule = schedule
         self.lowered = lowered
         self.program: loopir.Program = lowered.program
@@ -277,7 +290,7 @@ def new_scratch(program: loopir.Program) -> np.ndarray:
 class _Team:
     """Helper threads for one compiled model, each with a control block, a wake-up event and (made
     on its first batch job) its own scratch arena.  A helper thread alternates between blocking on
-    its event and the native job loop (:func:`~convdsl.codegen.worker_name`), which returns when it
+    its event and the native job loop (:func:`~convdsl.backend.codegen.worker_name`), which returns when it
     has been idle for ``SPIN_TURNS``.
 
     Posting job ``seq`` to a helper: its arguments go into the control block, then a compare-and-swap
@@ -372,9 +385,9 @@ def _cycle_rate(clock) -> float:
     return _RATE[0]
 
 
-def compile_model(cm: ConcreteModel, schedule: Schedule | None = None) -> CompiledModel:
-    """Lower, generate and JIT ``cm`` for the host (default schedule: ``Schedule.for_host()``)."""
+def compile_model(cm: ConcreteModel, schedule: Schedule | None = None, source: str | None = None) -> CompiledModel:
+    """``cm`` compiled for the host (default schedule: ``Schedule.for_host()``); with ``source`` (the
+    program text) through the disk cache (``CompiledModel.cache_hit`` says whether it hit)."""
     schedule = schedule or Schedule.for_host()
-    lowered = lower(cm, schedule)
-    module = codegen(lowered.program)
-    return CompiledModel(cm, schedule, lowered, JitModule(module))
+    b = build(cm, schedule, source)
+    return CompiledModel(cm, schedule, b.lowered, b.jit, b.cache_hit)

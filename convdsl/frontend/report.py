@@ -1,6 +1,6 @@
 """Presentation of check results: the per-layer summary table and the JSON form.
 
-Both are pure functions of a :class:`~convdsl.check.CheckResult`; the CLI only
+Both are pure functions of a :class:`~convdsl.frontend.check.CheckResult`; the CLI only
 prints what they return.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import symbolic as sy
+from ..core import symbolic as sy
+from ..core.model import CheckedModel, Conv, Layer
+from ..core.symbolic import Dim
 from .check import CheckResult
-from .model import CheckedModel, Conv, Layer
-from .symbolic import Dim
 
 
 def format_seconds(seconds: float) -> str:

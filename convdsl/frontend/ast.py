@@ -1,7 +1,7 @@
 """The abstract syntax tree of a ``.conv`` file.
 
-Produced by :func:`convdsl.parse.parse`; consumed by :func:`convdsl.check.check`.
-Every node is immutable and carries the :class:`~convdsl.diagnostics.Span` of
+Produced by :func:`convdsl.frontend.parse.parse`; consumed by :func:`convdsl.frontend.check.check`.
+Every node is immutable and carries the :class:`~convdsl.core.diagnostics.Span` of
 the source text it came from, so that any later diagnostic can point at it.
 
 The parser does not interpret names: ``padding=same``, ``bias=false`` and
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from .diagnostics import Span
+from ..core.diagnostics import Span
 
 
 # ---------------------------------------------------------------- expressions

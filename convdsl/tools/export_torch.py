@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, assert_never
 
 import numpy as np
 
-from .model import (Activation, CheckedModel, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool,
-                    Softmax)
+from ..core.model import Activation, CheckedModel, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
 
 if TYPE_CHECKING:
     import torch

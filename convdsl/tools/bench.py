@@ -5,11 +5,11 @@ What it does, for one model:
 1. compiles the model with convdsl (weights from ``--weights``, else ``FILE.npz``
    beside the program, else seeded random) and builds the *same* network, from
    the same weights, in every competitor asked for that is installed:
-   ``torch`` (eager ``nn.Sequential`` from :mod:`convdsl.export_torch`, run in
+   ``torch`` (eager ``nn.Sequential`` from :mod:`convdsl.tools.export_torch`, run in
    ``torch.inference_mode()``), ``torch-compile`` (``torch.compile`` of that
    model with ``torch._inductor.config.freezing = True``, compiled once per
    batch size and thread count, compile time excluded), ``onnxruntime`` (an ONNX
-   graph from :mod:`convdsl.export_onnx`, one session per thread count:
+   graph from :mod:`convdsl.tools.export_onnx`, one session per thread count:
    ``intra_op_num_threads=T``, ``inter_op_num_threads=1``, ``ORT_ENABLE_ALL``,
    sequential execution) and ``numpy`` (im2col + matmul, below);
 2. measures the machine's sgemm peak (numpy float32 ``n x n`` matmul, BLAS
@@ -26,7 +26,7 @@ compiling the model cut after every layer and differencing the medians.
 
 This module imports nothing heavy at import time (the CLI imports it to build
 its parser); numpy, torch, onnx and onnxruntime are imported when used.
-``python -m convdsl.bench RESULTS.json`` re-renders saved ``--json`` output.
+``python -m convdsl.tools.bench RESULTS.json`` re-renders saved ``--json`` output.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from .report import format_seconds
+from ..frontend.report import format_seconds
 
 ENGINES = ("convdsl", "torch", "torch-compile", "onnxruntime", "numpy")
 COMPETITORS = ENGINES[1:]
@@ -70,7 +70,7 @@ class Unavailable(Exception):
 
 # ====================================================================== numpy engine
 def numpy_forward(cm, weights: Mapping[str, Any]) -> Callable[[Any], Any]:
-    """A plain numpy implementation of a :class:`~convdsl.model.ConcreteModel`: im2col + one matmul
+    """A plain numpy implementation of a :class:`~convdsl.core.model.ConcreteModel`: im2col + one matmul
     per convolution (per group), strided slices for pooling, matmul for dense layers.
 
     Activations are kept NHWC between layers (so im2col rows are contiguous ``kh, kw, c`` runs and
@@ -79,7 +79,7 @@ def numpy_forward(cm, weights: Mapping[str, Any]) -> Callable[[Any], Any]:
     """
     import numpy as np
 
-    from .model import Activation, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
+    from ..core.model import Activation, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
 
     f32 = np.float32
     steps: list[Callable] = []
@@ -246,7 +246,7 @@ def _convdsl_engine(net) -> Engine:
 
 
 def net_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -619,7 +619,7 @@ def _engine_list(text: str) -> list[str]:
 
 def _load_weights(args, model, env):
     """(weights dict, description) from --weights, FILE.npz beside the program, or seeded random."""
-    from .boundary import load_weights, random_weights, validate_weights
+    from ..runtime.boundary import load_weights, random_weights, validate_weights
     from .cli import UsageError
 
     if args.weights is not None:
@@ -657,7 +657,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     program = _program(args.file)
     model = _pick_model(program, args.model)
 
-    from .boundary import BoundaryError, check_sizes
+    from ..runtime.boundary import BoundaryError, check_sizes
 
     env = model.sizes(sizes)
     try:
@@ -679,8 +679,8 @@ def run_bench(program, model, env: Mapping[str, int], weights: Mapping[str, Any]
     """Run the whole benchmark; return the report (the ``--json`` object)."""
     import numpy as np
 
-    from . import symbolic as sy
-    from .api import compile as compile_network
+    from ..api import compile as compile_network
+    from ..core import symbolic as sy
 
     say = (lambda m: None) if quiet else _progress
     cm = model.bind(env)
@@ -873,8 +873,8 @@ def _summary(results: list[dict]) -> list[dict]:
 # ====================================================================== --layers
 def _layer_times(program, model, env, net, weights, x, batch, threads, opts, say) -> dict:
     """Median time of the network cut after every layer, alternating; per-layer = differences."""
-    from .api import compile_code
-    from .boundary import validate_weights
+    from ..api import compile_code
+    from ..runtime.boundary import validate_weights
 
     say(f"  per-layer times (prefixes) for batch {batch}, {threads} thread{'s' if threads != 1 else ''}")
     w = validate_weights(model, env, weights)
@@ -1059,8 +1059,8 @@ def add_bench_parser(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m convdsl.bench RESULTS.json...``: print the tables of saved ``--json`` reports."""
-    p = argparse.ArgumentParser(prog="python -m convdsl.bench", description=main.__doc__)
+    """``python -m convdsl.tools.bench RESULTS.json...``: print the tables of saved ``--json`` reports."""
+    p = argparse.ArgumentParser(prog="python -m convdsl.tools.bench", description=main.__doc__)
     p.add_argument("reports", nargs="+", metavar="RESULTS.json")
     args = p.parse_args(argv)
     for i, path in enumerate(args.reports):

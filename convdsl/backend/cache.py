@@ -2,7 +2,7 @@
 
 An entry is the optimised module's object code plus its LLVM IR (for
 ``--emit llvm``/``asm`` on a cache hit), stored in the user's cache directory
-(:func:`convdsl.paths.cache_dir`) under a SHA-256 key of everything that
+(:func:`convdsl.core.paths.cache_dir`) under a SHA-256 key of everything that
 changes the generated code: the program's source text, the concrete model
 (ops, arguments, shapes, names), the schedule, the host CPU's name and
 features, and the convdsl, llvmlite and LLVM versions.  Weights *values* are
@@ -24,25 +24,23 @@ from pathlib import Path
 import llvmlite
 import llvmlite.binding as llvm
 
-from . import __version__
+from ..core.version import VERSION as __version__
+from ..core.model import ConcreteModel
 from .jit import JitModule, _init
-from .model import ConcreteModel
 from .schedule import Schedule
-
-
-_BACKEND_SOURCES = ("loopir.py", "lower.py", "codegen.py", "jit.py", "schedule.py", "backend.py")
 
 
 @lru_cache(maxsize=1)
 def backend_fingerprint() -> str:
-    """A hash of the code generator's own source, so that any change to it invalidates old entries.
-
-    The version number alone would trust object code from an edited checkout."""
+    """A hash of the whole back-end package's source (every module of ``convdsl.runtime.compiled`` and the
+    checked model it reads), so that any change to it invalidates old entries; a new module is
+    covered the day it is added.  The version number alone would trust object code from an
+    edited checkout."""
     h = hashlib.sha256()
     here = Path(__file__).parent
-    for name in _BACKEND_SOURCES:
-        h.update(name.encode())
-        h.update((here / name).read_bytes())
+    for path in sorted([*here.glob("*.py"), here.parent / "core" / "model.py"]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -65,7 +63,7 @@ def cache_key(cm: ConcreteModel, schedule: Schedule, source: str) -> str:
 
 
 def _entry(key: str) -> Path | None:
-    from .paths import cache_dir
+    from ..core.paths import cache_dir
 
     root = cache_dir()
     if root is None:
@@ -100,20 +98,19 @@ def _unpack(data: bytes) -> tuple[bytes, str]:
     return data[8:8 + n], zlib.decompress(data[8 + n:]).decode()
 
 
-def compile_cached(cm: ConcreteModel, schedule: Schedule, source: str):
-    """``backend.compile_model`` through the disk cache; returns ``(compiled, hit)``."""
-    from .backend import CompiledModel, compile_model
-    from .lower import lower
+def load(key: str) -> JitModule | None:
+    """The cached native code under ``key``, or None (no cache, a miss, or an unreadable entry)."""
+    path = _entry(key)
+    if path is None or not path.exists():
+        return None
+    try:
+        obj, text = _unpack(path.read_bytes())
+        return JitModule.from_object(obj, text)
+    except (OSError, ValueError, zlib.error, RuntimeError):
+        return None  # corrupt or stale: the caller rebuilds and overwrites it
 
-    path = _entry(cache_key(cm, schedule, source))
-    if path is not None and path.exists():
-        try:
-            obj, text = _unpack(path.read_bytes())
-            lowered = lower(cm, schedule)
-            return CompiledModel(cm, schedule, lowered, JitModule.from_object(obj, text)), True
-        except (OSError, ValueError, zlib.error, RuntimeError):
-            pass  # corrupt or stale: rebuild below
-    compiled = compile_model(cm, schedule)
+
+def store(key: str, jit: JitModule) -> None:
+    path = _entry(key)
     if path is not None:
-        _write_atomic(path, _pack(compiled.object_code(), compiled.llvm_ir))
-    return compiled, False
+        _write_atomic(path, _pack(jit.object_code(), jit.llvm_ir))

@@ -1,7 +1,7 @@
 """Text -> AST: the parser of ``.conv`` files.
 
 Precondition: none; any string is accepted.  Postcondition: either a
-:class:`~convdsl.ast.Program` and no diagnostics, or ``None`` and at least one
+:class:`~convdsl.frontend.ast.Program` and no diagnostics, or ``None`` and at least one
 ``error`` diagnostic.  :func:`parse` never raises.
 
 The work is done in four steps, each of which can report errors:
@@ -16,23 +16,21 @@ The work is done in four steps, each of which can report errors:
    line, or the next ``model``/``block``) and resumes after the offending
    line, so independent errors are all reported, but never a cascade.
 
-The parse tree is then turned into ``convdsl.ast`` nodes by :class:`_Builder`.
+The parse tree is then turned into ``convdsl.frontend.ast`` nodes by :class:`_Builder`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import lark
 from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken
 
+from ..core.diagnostics import Diagnostic, Note, Span, error
+from ..core.paths import cache_dir
 from . import ast
-from .diagnostics import Diagnostic, Note, Span, error
-from .paths import cache_dir
 
 __all__ = ["parse", "get_parser", "MAX_NESTING", "MAX_ERRORS"]
 
@@ -44,7 +42,7 @@ _LARK: Lark | None = None
 
 
 def get_parser() -> Lark:
-    """The grammar, loaded once per process from the ``convdsl.grammar`` package."""
+    """The grammar, loaded once per process from ``convdsl/frontend/grammar/convdsl.lark``."""
     global _LARK
     if _LARK is None:
         # Lark checks the cached tables against a hash of the grammar and its
@@ -60,11 +58,8 @@ def get_parser() -> Lark:
 
 
 def _open_grammar(**options) -> Lark:
-    if importlib.util.find_spec("convdsl.grammar") is not None:
-        return Lark.open_from_package("convdsl.grammar", "convdsl.lark", **options)
-    # A source checkout imported without installing it (``python -m convdsl``
-    # from the repository root): grammar/ sits beside the package directory.
-    return Lark.open(str(Path(__file__).resolve().parent.parent / "grammar" / "convdsl.lark"), **options)
+    # package data of convdsl.frontend, so an installed package and a source checkout alike find it
+    return Lark.open_from_package("convdsl.frontend", "grammar/convdsl.lark", **options)
 
 
 def parse(text: str, file: str = "<input>") -> tuple[ast.Program | None, list[Diagnostic]]:
@@ -470,7 +465,7 @@ def _syntax_error(ip, tok: Token, prev: Token | None, ctx: _Context, src: _Sourc
 
 # ---------------------------------------------------------- tree -> AST
 class _Builder:
-    """Turns lark's parse tree into ``convdsl.ast`` nodes."""
+    """Turns lark's parse tree into ``convdsl.frontend.ast`` nodes."""
 
     def __init__(self, file: str):
         self.file = file

@@ -12,9 +12,9 @@ import os
 import sys
 from typing import Sequence
 
-from . import __version__
-from .frontend import Checked, check_file
-from .report import format_seconds
+from .. import __version__
+from ..frontend import Checked, check_file
+from ..frontend.report import format_seconds
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
@@ -46,7 +46,7 @@ def _source(path: str) -> Checked:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .report import json_report, text_report
+    from ..frontend.report import json_report, text_report
 
     checked = _source(args.file)
     result = checked.result
@@ -68,7 +68,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _program(path: str):
     """Load and check a program for run/compile; errors print as diagnostics (exit 1)."""
-    from .api import Program
+    from ..api import Program
 
     checked = _source(path)
     if not checked.ok:
@@ -88,7 +88,7 @@ def _pick_model(program, name: str | None):
 
 def _check_size_option(model, sizes: dict[str, int]) -> dict[str, int]:
     """``--size`` values against the model (a bad value is a usage error); all sizes to use."""
-    from .boundary import BoundaryError, check_sizes
+    from ..runtime.boundary import BoundaryError, check_sizes
 
     if "N" in sizes:
         raise UsageError("--size sets H, W and other symbols; the batch size N is --batch")
@@ -117,8 +117,8 @@ def _default_input(model, args, sizes):
     """The bundled digits where the model takes [N, 1, 28, 28], else a seeded random batch."""
     import numpy as np
 
-    from . import symbolic as sy
-    from .data import load_digits
+    from ..core import symbolic as sy
+    from ..data import load_digits
 
     shape = model.input_shape
     fits = len(shape) == 4 and shape[1] == 1 and all(
@@ -146,9 +146,9 @@ def _default_input(model, args, sizes):
 def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .api import compile as compile_network
-    from .boundary import BoundaryError, load_weights
-    from .schedule import Schedule
+    from ..api import compile as compile_network
+    from ..backend.schedule import Schedule
+    from ..runtime.boundary import BoundaryError, load_weights
 
     if args.batch is not None and args.batch < 1:
         raise UsageError("--batch must be at least 1")
@@ -207,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               threads=args.threads)
         if wdesc is not None:
             net.weights_origin = wdesc
-        from .boundary import bind_input
+        from ..runtime.boundary import bind_input
 
         arr, env = bind_input(model, x, args.input or "input")
         env.pop("N", None)
@@ -215,8 +215,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         stats = binding.stats
         how = "loaded from the compile cache" if stats.cache_hit else "compiled with LLVM"
         sched = Schedule.for_host() if net.schedule is None else net.schedule
-        from .jit import host_target_machine  # noqa: F401  (imported for the CPU name below)
         import llvmlite.binding as llvm
+
+        from ..backend.jit import host_target_machine  # noqa: F401  (imported for the CPU name below)
 
         print(f"{how} in {format_seconds(stats.seconds)} (model {model.name}, host {llvm.get_host_cpu_name()}, "
               f"{sched.vector_width}-lane vectors)")
@@ -263,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .api import compile_code
+    from ..api import compile_code
 
     program = _program(args.file)
     model = _pick_model(program, args.model)

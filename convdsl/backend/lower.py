@@ -1,6 +1,6 @@
 """Lowering: a concrete model plus a schedule becomes a loop-IR program and a weight-packing plan.
 
-Precondition: ``cm`` is a :class:`~convdsl.model.ConcreteModel` bound from a
+Precondition: ``cm`` is a :class:`~convdsl.core.model.ConcreteModel` bound from a
 model the checker accepted (every size but the batch known, shapes
 consistent).  ``lower`` never reports user errors; it asserts.
 
@@ -48,9 +48,9 @@ from typing import Callable, Literal, Union, assert_never
 
 import numpy as np
 
+from ..core.model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Op, Pool, Softmax
 from . import loopir as L
 from .loopir import iadd, imin, imul, isub, ix
-from .model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Op, Pool, Softmax
 from .schedule import Schedule
 
 FUSED_ACCS = 8  # accumulators of a conv + pool micro-kernel (see _emit_conv)

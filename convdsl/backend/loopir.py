@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Union, assert_never
 
-
 # ----------------------------------------------------------------------------- index expressions
 
 
@@ -320,7 +319,7 @@ class VerifyError(AssertionError):
 
 def verify(prog: Program) -> None:
     """Check names are bound before use, widths agree, loops are sane, and every load and store
-    stays inside its buffer for every batch size (:mod:`convdsl.bounds`); raise :class:`VerifyError`."""
+    stays inside its buffer for every batch size (:mod:`convdsl.backend.bounds`); raise :class:`VerifyError`."""
     bufs = {b.name: b for b in prog.buffers}
     if len(bufs) != len(prog.buffers):
         raise VerifyError("duplicate buffer names")
