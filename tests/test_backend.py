@@ -433,6 +433,7 @@ def test_helper_threads_life_cycle():
     import threading
     import time
 
+    from convdsl.backend.abi import ASLEEP, Ctl
     from convdsl.runtime import compiled as backend
 
     c, w, x, one = _lenet_run(2, 24, relu=True)
@@ -441,9 +442,9 @@ def test_helper_threads_life_cycle():
     team = c._team
     assert team is not None and len(team.ctl) == 1
     deadline = time.monotonic() + 5
-    while team.ctl[0][0] != backend.ASLEEP and time.monotonic() < deadline:
+    while team.ctl[0][Ctl.POSTED] != ASLEEP and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert team.ctl[0][0] == backend.ASLEEP, "an idle helper should block, not spin on"
+    assert team.ctl[0][Ctl.POSTED] == ASLEEP, "an idle helper should block, not spin on"
     np.testing.assert_array_equal(c.run(x, w, threads=2), one)  # woken from its event
 
     results, errors = [], []

@@ -44,6 +44,7 @@ from llvmlite import ir
 from llvmlite.ir.values import FunctionAttributes
 
 from . import loopir as L
+from .abi import ASLEEP, BATCH_ARGS, EXIT, STAGE_ARGS, STAGE_POINTERS, Ctl, Job
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
@@ -487,17 +488,17 @@ def _stage_entry(module: ir.Module, prog: L.Program, k: int, kernel: str, extent
 
 
 def worker_name(prog: L.Program) -> str:
-    """``(ctl*, spin) -> i64``: a helper thread's job loop, on a control block of int64s:
-    ``ctl[0]`` the number of the last job posted (:func:`post_name`), ``ctl[1]`` that of the last
-    job done, ``ctl[2]`` the job's kind (stage ``k`` for ``0 <= k < len(prog.stages)``, taking
-    ``ctl[3..10]`` as :func:`stage_name` takes its arguments; ``len(prog.stages)``: a share of a
-    batch, :func:`batch_name` of ``(ctl[3], ctl[4])``).
+    """``(ctl*, spin) -> i64``: a helper thread's job loop, on a control block (:mod:`.abi`):
+    ``Ctl.POSTED`` the number of the last job posted (:func:`post_name`), ``Ctl.DONE`` that of the
+    last job done, ``Ctl.KIND`` the job's kind (stage ``k`` for ``0 <= k < len(prog.stages)``,
+    taking the ``STAGE_ARGS`` from ``Ctl.ARGS`` on as :func:`stage_name` takes its arguments;
+    ``len(prog.stages)``: a share of a batch, :func:`batch_name` of the ``BATCH_ARGS``).
 
     Between jobs the helper spins (``pause`` and ``sched_yield``, ``spin`` turns at most), so
     back-to-back calls and the stages of one call hand over in well under a microsecond; then it
-    marks itself asleep (``ctl[0] = ASLEEP``, by compare-and-swap, so a job posted meanwhile is not
-    lost) and returns 0 for its thread to block; it also returns 0 if it finds itself marked
-    asleep on entry.  ``ctl[0] == EXIT``: returns 1.  (Turns, not a clock: the cycle counter is not
+    marks itself asleep (``Ctl.POSTED = ASLEEP``, by compare-and-swap, so a job posted meanwhile is
+    not lost) and returns 0 for its thread to block; it also returns 0 if it finds itself marked
+    asleep on entry.  ``Ctl.POSTED == EXIT``: returns 1.  (Turns, not a clock: the cycle counter is not
     readable from user mode on every target.)"""
     return re.sub(r"\W", "_", prog.name) + "_worker"
 
@@ -509,21 +510,18 @@ def wait_name(prog: L.Program) -> str:
 
 def post_name(prog: L.Program) -> str:
     """``(ctl*, expected, seq) -> i64``: hand job ``seq`` (its arguments already in ``ctl``) to a
-    spinning helper by ``ctl[0]``: ``expected -> seq`` compare-and-swap; returns the old value
+    spinning helper by ``Ctl.POSTED``: ``expected -> seq`` compare-and-swap; returns the old value
     (``ASLEEP``: the helper has left its loop; the caller posts and wakes it by other means)."""
     return re.sub(r"\W", "_", prog.name) + "_post"
 
 
 def batch_name(prog: L.Program) -> str:
     """``(job*, scratch*)``: take chunks of a shared batch until none is left, running the entry on
-    each with this thread's scratch.  ``job`` holds int64s: ``job[0]`` the next chunk (taken by
-    atomic increment; on its own cache line), ``job[8..12]`` input*, output*, weights*, ``n`` and the
+    each with this thread's scratch.  ``job`` is a job block (:class:`.abi.Job`): the next chunk
+    (taken by atomic increment; on its own cache line), input*, output*, weights*, ``n`` and the
     images per chunk.  Chunks taken as needed balance the threads when one is slowed down."""
     return re.sub(r"\W", "_", prog.name) + "_batch"
 
-
-ASLEEP = -2  # ctl[0]: the helper has left its spin loop
-EXIT = -1  # ctl[0]: the helper should return for good
 
 
 def _spin_pause(b: ir.IRBuilder, module: ir.Module) -> None:
@@ -541,7 +539,8 @@ def _spin_pause(b: ir.IRBuilder, module: ir.Module) -> None:
 
 
 def _i64_at(b: ir.IRBuilder, p: ir.Value, i: int) -> ir.Value:
-    return b.gep(p, [ir.Constant(I64, i)], inbounds=True, source_etype=I64)
+    """The address of int64 slot ``i`` of the block at ``p`` (slot 0: ``p`` itself)."""
+    return p if i == 0 else b.gep(p, [ir.Constant(I64, i)], inbounds=True, source_etype=I64)
 
 
 def _batch_fn(module: ir.Module, prog: L.Program, entry: ir.Function) -> ir.Function:
@@ -554,13 +553,13 @@ def _batch_fn(module: ir.Module, prog: L.Program, entry: ir.Function) -> ir.Func
     def field(i: int) -> ir.Value:
         return b.load(_i64_at(b, job, i), typ=I64, align=8)
 
-    x, y, w = (b.inttoptr(field(8 + i), PTR) for i in range(3))
-    n, g = field(11), field(12)
+    x, y, w = (b.inttoptr(field(slot), PTR) for slot in (Job.INPUT, Job.OUTPUT, Job.WEIGHTS))
+    n, g = field(Job.N), field(Job.CHUNK)
     per_in = ir.Constant(I64, prog.buffer("input").size)
     per_out = ir.Constant(I64, prog.buffer("output").size)
     b.branch(take)
     b.position_at_end(take)
-    chunk = b.atomic_rmw("add", job, ir.Constant(I64, 1), "monotonic")
+    chunk = b.atomic_rmw("add", _i64_at(b, job, Job.NEXT), ir.Constant(I64, 1), "monotonic")
     a = b.mul(chunk, g)
     b.cbranch(b.icmp_signed("<", a, n), run, exit_)
     b.position_at_end(run)
@@ -585,7 +584,7 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     head, loop, spin, sleep, check, work, done, slept, leave, stray = (fn.append_basic_block(n) for n in (
         "entry", "loop", "spin", "sleep", "check", "work", "done", "slept", "leave", "stray"))
     b = ir.IRBuilder(head)
-    last0 = b.load_atomic(_i64_at(b, ctl, 1), "acquire", 8, typ=I64)
+    last0 = b.load_atomic(_i64_at(b, ctl, Ctl.DONE), "acquire", 8, typ=I64)
     b.branch(loop)
 
     zero = ir.Constant(I64, 0)
@@ -594,7 +593,7 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     turns = b.phi(I64, name="turns")  # spin turns since the helper last became idle
     last.add_incoming(last0, head)
     turns.add_incoming(zero, head)
-    seq = b.load_atomic(ctl, "acquire", 8, typ=I64)
+    seq = b.load_atomic(_i64_at(b, ctl, Ctl.POSTED), "acquire", 8, typ=I64)
     b.cbranch(b.icmp_signed("==", seq, last), spin, check)
 
     b.position_at_end(spin)
@@ -605,7 +604,7 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     turns.add_incoming(more, spin)
 
     b.position_at_end(sleep)
-    cx = b.cmpxchg(ctl, last, ir.Constant(I64, ASLEEP), "acq_rel", "acquire")
+    cx = b.cmpxchg(_i64_at(b, ctl, Ctl.POSTED), last, ir.Constant(I64, ASLEEP), "acq_rel", "acquire")
     b.cbranch(b.extract_value(cx, 1), slept, loop)  # lost the race to a new job: take it
     last.add_incoming(last, sleep)
     turns.add_incoming(more, sleep)
@@ -624,22 +623,23 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     def arg(i: int) -> ir.Value:
         return b.load(_i64_at(b, ctl, i), typ=I64, align=8)
 
-    k = arg(2)
+    k = arg(Ctl.KIND)
     sw = b.switch(k, done)
     for i, f in enumerate(stages):
         bb = fn.append_basic_block(f"stage{i}")
         sw.add_case(ir.Constant(I64, i), bb)
         b.position_at_end(bb)
-        b.call(f, [b.inttoptr(arg(3 + j), PTR) for j in range(4)] + [arg(7 + j) for j in range(4)])
+        b.call(f, [b.inttoptr(arg(Ctl.ARGS + j), PTR) for j in range(STAGE_POINTERS)]
+               + [arg(Ctl.ARGS + j) for j in range(STAGE_POINTERS, STAGE_ARGS)])
         b.branch(done)
     bb = fn.append_basic_block("batch")
     sw.add_case(ir.Constant(I64, len(stages)), bb)
     b.position_at_end(bb)
-    b.call(batch, [b.inttoptr(arg(3), PTR), b.inttoptr(arg(4), PTR)])
+    b.call(batch, [b.inttoptr(arg(Ctl.ARGS + j), PTR) for j in range(BATCH_ARGS)])
     b.branch(done)
     b.position_at_end(done)
     # (an atomic exchange: llvmlite's store_atomic does not take opaque pointers)
-    b.atomic_rmw("xchg", _i64_at(b, ctl, 1), seq, "release")
+    b.atomic_rmw("xchg", _i64_at(b, ctl, Ctl.DONE), seq, "release")
     last.add_incoming(seq, done)
     turns.add_incoming(zero, done)
     b.branch(loop)
@@ -650,7 +650,7 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     ctl, want = fn.args
     head, loop, spin, exit_ = (fn.append_basic_block(n) for n in ("entry", "loop", "spin", "exit"))
     b = ir.IRBuilder(head)
-    done_p = _i64_at(b, ctl, 1)
+    done_p = _i64_at(b, ctl, Ctl.DONE)
     b.branch(loop)
     b.position_at_end(loop)
     got = b.load_atomic(done_p, "acquire", 8, typ=I64)
@@ -666,7 +666,7 @@ def _team(module: ir.Module, prog: L.Program, entry: ir.Function, stages: list[i
     _attrs(fn, prog)
     ctl, expected, seq = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    cx = b.cmpxchg(ctl, expected, seq, "acq_rel", "acquire")
+    cx = b.cmpxchg(_i64_at(b, ctl, Ctl.POSTED), expected, seq, "acq_rel", "acquire")
     b.ret(b.extract_value(cx, 0))
 
 

@@ -44,9 +44,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..backend import loopir
+from ..backend.abi import ASLEEP, CTL_WORDS, EXIT, JOB_WORDS, Ctl, Job
 from ..backend.codegen import (
-    ASLEEP,
-    EXIT,
     arrays_entry_name,
     batch_name,
     cycles_name,
@@ -73,7 +72,6 @@ _WAIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 _POST = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 _BATCH = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _CYCLES = ctypes.CFUNCTYPE(ctypes.c_int64)
-_CTL = 16  # int64s per helper thread's control block (two cache lines: no false sharing)
 # How long an idle helper spins before it blocks, in turns of pause + sched_yield (0.8 us each on
 # this project's machine, so 0.8 ms): longer than the Python overhead between two calls in a loop,
 # short enough that a model called once in a while does not hold a core.
@@ -209,8 +207,8 @@ class CompiledModel:
         helpers = min(threads, -(-n // per)) - 1
         team = self._helpers(helpers)
         job = team.job
-        job[0] = 0
-        job[8:13] = (xp, yp, wp, n, per)
+        job[Job.NEXT] = 0
+        job[Job.INPUT], job[Job.OUTPUT], job[Job.WEIGHTS], job[Job.N], job[Job.CHUNK] = xp, yp, wp, n, per
         kind = len(self._stages)
         posted = 0
         try:
@@ -294,8 +292,8 @@ class _Team:
     has been idle for ``SPIN_TURNS``.
 
     Posting job ``seq`` to a helper: its arguments go into the control block, then a compare-and-swap
-    of ``ctl[0]`` from ``seq - 1`` to ``seq`` hands it to a spinning helper; if the helper has marked
-    itself asleep instead, ``ctl[0] = seq`` and its event wakes it.  The threads keep the JIT module
+    of ``Ctl.POSTED`` from ``seq - 1`` to ``seq`` hands it to a spinning helper; if the helper has
+    marked itself asleep instead, ``Ctl.POSTED = seq`` and its event wakes it.  The threads keep the JIT module
     (nothing that refers to the model) alive, so the model is freed as soon as it is dropped, and
     :meth:`close` then ends them."""
 
@@ -310,16 +308,16 @@ class _Team:
         self.events: list[threading.Event] = []
         self.arenas: list[np.ndarray | None] = []
         self.threads: list[threading.Thread] = []
-        raw = np.zeros(2 * _CTL + 8, np.int64)
-        self.job = raw[(-raw.ctypes.data % 64) // 8:][:2 * _CTL]  # job[0] alone on its cache line
+        raw = np.zeros(JOB_WORDS + 8, np.int64)
+        self.job = raw[(-raw.ctypes.data % 64) // 8:][:JOB_WORDS]  # Job.NEXT alone on its cache line
         self._job_raw = raw
         self.job_addr = self.job.ctypes.data
 
     def grow(self, k: int) -> None:
         while len(self.ctl) < k:
-            raw = np.zeros(_CTL + 8, np.int64)
-            ctl = raw[(-raw.ctypes.data % 64) // 8:][:_CTL]
-            ctl[0] = ASLEEP
+            raw = np.zeros(CTL_WORDS + 8, np.int64)
+            ctl = raw[(-raw.ctypes.data % 64) // 8:][:CTL_WORDS]
+            ctl[Ctl.POSTED] = ASLEEP
             ev = threading.Event()
             t = threading.Thread(target=_helper_main, args=(self._worker, ctl.ctypes.data, ev, (self._jit, raw)),
                                  name=f"convdsl-{len(self.ctl) + 1}", daemon=True)
@@ -340,14 +338,14 @@ class _Team:
 
     def post(self, j: int, kind: int, args: tuple[int, ...]) -> None:
         ctl = self.ctl[j]
-        ctl[2] = kind
-        ctl[3:3 + len(args)] = args
+        ctl[Ctl.KIND] = kind
+        ctl[Ctl.ARGS:Ctl.ARGS + len(args)] = args
         seq = self.seq[j] + 1
         old = self._post(self.addr[j], seq - 1, seq)
         if old != seq - 1:
             if old != ASLEEP:
                 raise RuntimeError(f"convdsl helper {j + 1}: control word {old}, expected {seq - 1} or asleep")
-            ctl[0] = seq  # (the event's lock orders this after the arguments for the woken thread)
+            ctl[Ctl.POSTED] = seq  # (the event's lock orders this after the arguments for the woken thread)
             self.events[j].set()
         self.seq[j] = seq
 
@@ -356,7 +354,7 @@ class _Team:
 
     def close(self) -> None:
         for ctl, ev in zip(self.ctl, self.events):
-            ctl[0] = EXIT
+            ctl[Ctl.POSTED] = EXIT
             ev.set()
 
 
