@@ -278,7 +278,7 @@ def test_winograd_matches_torch(case, seed, slice_floats, width):
     """Winograd convs against PyTorch's direct convolution: one chunk of tiles per image or many
     (a tiny chunk budget, ragged last chunk), one and two threads, with and without the
     intra-image split (which a batch of one image takes)."""
-    from convdsl.backend import lower as lower_mod
+    from convdsl.backend import plan as plan_mod
 
     model, batch = case
     cm = model.bind({})
@@ -286,12 +286,12 @@ def test_winograd_matches_torch(case, seed, slice_floats, width):
     w = random_weights(cm, rng)
     x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
     expect = torch_run(cm, w, x)
-    saved = lower_mod.WINO_SLICE_FLOATS
-    lower_mod.WINO_SLICE_FLOATS = slice_floats
+    saved = plan_mod.WINO_SLICE_FLOATS
+    plan_mod.WINO_SLICE_FLOATS = slice_floats
     try:
         compiled = [compile_model(cm, s) for s in (WINOS[width], replace(WINOS[width], split_macs=1))]
     finally:
-        lower_mod.WINO_SLICE_FLOATS = saved
+        plan_mod.WINO_SLICE_FLOATS = saved
     for c in compiled:
         assert any(k.name.startswith("winograd_") for k in c.program.kernels)
         packed = c.pack_weights(w)

@@ -4,6 +4,11 @@ Precondition: ``cm`` is a :class:`~convdsl.core.model.ConcreteModel` bound from 
 model the checker accepted (every size but the batch known, shapes
 consistent).  ``lower`` never reports user errors; it asserts.
 
+``lower(cm, schedule)`` is ``emit(plan(cm, schedule))``: every decision below
+(algorithm, fusion, register blocks, layouts and halos, split axes, tile
+levels) is made by :mod:`.plan` and recorded in its :class:`~.plan.Plan`;
+the emitters here only build the loops the plan describes.
+
 Algorithm (what), independent of the schedule:
 
 * the network is a list of *stages*: ``pack`` (caller's NCHW input into
@@ -43,84 +48,18 @@ instead of once per batch tile.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Literal, Union, assert_never
+from dataclasses import dataclass
+from typing import Callable, Union, assert_never
 
 import numpy as np
 
-from ..core.model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Op, Pool, Softmax
+from ..core.model import ConcreteModel, Conv, Dense, Pool
 from . import loopir as L
 from .loopir import iadd, imin, imul, isub, ix
+from .plan import Act, Layout, Plan, Step, conv_input_ranges, plan
 from .schedule import Schedule
 
-FUSED_ACCS = 8  # accumulators of a conv + pool micro-kernel (see _emit_conv)
 ALIGN = 16  # floats (64 bytes) between arena regions
-
-# ----------------------------------------------------------------------------- layouts
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Per-image memory layout of a ``C x H x W`` tensor.
-
-    ``blocked``: ``[ceil(C/V)][H + t + b][W + l + r][V]``; else planar ``[C][H + t + b][W + l + r]``.
-    ``halo`` = ``(t, b, l, r)``; coordinates passed to :meth:`index` are logical (halo cells are
-    negative or past the end)."""
-
-    C: int
-    H: int
-    W: int
-    blocked: bool
-    V: int
-    halo: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    @property
-    def Cb(self) -> int:
-        return -(-self.C // self.V) if self.blocked else self.C
-
-    @property
-    def Hp(self) -> int:
-        return self.H + self.halo[0] + self.halo[1]
-
-    @property
-    def Wp(self) -> int:
-        return self.W + self.halo[2] + self.halo[3]
-
-    @property
-    def size(self) -> int:
-        lanes = self.V if self.blocked else 1
-        return self.Cb * self.Hp * self.Wp * lanes
-
-    def index(self, c: L.Index | int, h: L.Index | int, w: L.Index | int) -> L.Index:
-        """Element offset (within one image) of channel ``c`` at logical ``(h, w)``."""
-        hh, ww = iadd(h, self.halo[0]), iadd(w, self.halo[2])
-        if not self.blocked or self.V == 1:
-            return iadd(imul(iadd(imul(c, self.Hp), hh), self.Wp), ww)
-        c = ix(c)
-        if isinstance(c, L.IConst):
-            cb, cl = L.IConst(c.value // self.V), L.IConst(c.value % self.V)
-        else:
-            cb, cl = L.IDivC(c, self.V), L.IDivC(c, self.V, mod=True)
-        return iadd(self.vindex(cb, h, w), cl)
-
-    def vindex(self, cb: L.Index | int, h: L.Index | int, w: L.Index | int) -> L.Index:
-        """Offset of the ``V``-lane vector of channel block ``cb`` at logical ``(h, w)`` (blocked)."""
-        assert self.blocked
-        hh, ww = iadd(h, self.halo[0]), iadd(w, self.halo[2])
-        return imul(iadd(imul(iadd(imul(cb, self.Hp), hh), self.Wp), ww), self.V)
-
-    def features_in_memory_order(self) -> np.ndarray:
-        """For each float of one image (no halo), the flattened feature ``c*H*W + h*W + w`` it
-        holds, or -1 for padding lanes: what a dense layer reading this buffer linearly sees."""
-        assert self.halo == (0, 0, 0, 0)
-        if not self.blocked or self.V == 1:
-            return np.arange(self.C * self.H * self.W)
-        cb, h, w, cl = np.meshgrid(np.arange(self.Cb), np.arange(self.H), np.arange(self.W), np.arange(self.V),
-                                   indexing="ij")
-        c = cb * self.V + cl
-        f = c * self.H * self.W + h * self.W + w
-        return np.where(c < self.C, f, -1).reshape(-1)
-
 
 # ----------------------------------------------------------------------------- weight packing plan
 
@@ -184,7 +123,6 @@ PackSpec = Union[ConvPack, DensePack, BiasPack, WinogradPack]
 # Winograd F(2x2, 3x3): Y = A^T [(G g G^T) * (B^T d B)] A, a 2 x 2 output tile from a 4 x 4 input
 # tile with 16 multiplies per channel pair instead of 36.  Every coefficient is 0, +-1 or +-1/2, so
 # the transforms are exact in float32 but for the rounding of the sums.
-WINO_SLICE_FLOATS = 32 << 10  # one transformed-input slice of a chunk: 128 KiB, a quarter of an L2
 WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
@@ -287,101 +225,7 @@ class Lowered:
     stage_names: tuple[str, ...] = ()  # the layer each entry call computes (profile counter order)
     profile_offset: int = -1  # float offset of the cycle counters (int64 each) in scratch, or -1
     outer_tile: int = 0  # images per pass through a dense tail (a multiple of batch_tile); 0: no tail
-
-
-# ----------------------------------------------------------------------------- stages
-
-
-Act = Literal["relu", "sigmoid", "tanh"]
-
-
-@dataclass(slots=True)
-class _Stage:
-    kind: Literal["pack", "conv", "dense", "pool", "gap", "flatten", "softmax", "unpack"]
-    name: str
-    op: Op | None
-    in_shape: tuple[int, int, int]  # physical C, H, W read
-    out_shape: tuple[int, int, int]
-    acts: list[Act] = field(default_factory=list)
-    winograd: bool = False  # a 3x3 conv computed by Winograd F(2x2, 3x3) (set by ``lower``)
-
-
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(shape) == 3:
-        return shape  # type: ignore[return-value]
-    assert len(shape) == 1, shape
-    return (shape[0], 1, 1)
-
-
-def _stages(cm: ConcreteModel) -> list[_Stage]:
-    cur = _chw(cm.input_shape)
-    stages = [_Stage("pack", "input", None, cur, cur)]
-    flat_view = False  # current tensor is a flatten of ``cur``
-    for layer, in_shape, out_shape, op in cm.layers:
-        match op:
-            case Activation(kind=k):
-                stages[-1].acts.append(k)
-            case Flatten():
-                flat_view = cur[1] * cur[2] > 1
-            case Softmax():
-                if flat_view:
-                    f = cur[0] * cur[1] * cur[2]
-                    stages.append(_Stage("flatten", f"{layer.name}.flat", op, cur, (f, 1, 1)))
-                    cur, flat_view = (f, 1, 1), False
-                stages.append(_Stage("softmax", layer.name, op, cur, cur))
-            case Dense():
-                out = _chw(out_shape)
-                stages.append(_Stage("dense", layer.name, op, cur, out))
-                cur, flat_view = out, False
-            case Conv():
-                assert not flat_view
-                out = _chw(out_shape)
-                stages.append(_Stage("conv", layer.name, op, cur, out))
-                cur = out
-            case Pool():
-                out = _chw(out_shape)
-                stages.append(_Stage("pool", layer.name, op, cur, out))
-                cur = out
-            case GlobalAvgPool():
-                out = (cur[0], 1, 1)
-                stages.append(_Stage("gap", layer.name, op, cur, out))
-                cur = out
-            case _:
-                assert_never(op)
-    stages.append(_Stage("unpack", "output", None, cur, cur))
-    return stages
-
-
-def _pool_extra(n: int, k: int, s: int, p: int, out: int) -> int:
-    """Cells a ceil-mode window reaches past the padded input (needs halo too)."""
-    return max(0, (out - 1) * s + k - (n + 2 * p))
-
-
-def _input_requirements(st: _Stage) -> tuple[bool, tuple[int, int, int, int], float]:
-    """(may be planar, halo, halo fill) that stage ``st`` needs of its input buffer."""
-    match st.kind:
-        case "conv":
-            op = st.op
-            assert isinstance(op, Conv)
-            if st.winograd:
-                return False, _winograd_halo(st), 0.0
-            return True, op.padding, 0.0
-        case "dense":
-            return True, (0, 0, 0, 0), 0.0
-        case "pool":
-            op = st.op
-            assert isinstance(op, Pool)
-            (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-            _, H, W = st.in_shape
-            _, OH, OW = st.out_shape
-            eh, ew = _pool_extra(H, kh, sh, ph, OH), _pool_extra(W, kw, sw, pw, OW)
-            return False, (ph, ph + eh, pw, pw + ew), (-math.inf if op.kind == "max" else 0.0)
-        case "unpack" | "gap" | "flatten" | "softmax":
-            return False, (0, 0, 0, 0), 0.0
-        case "pack":
-            raise AssertionError("pack consumes nothing internal")
-        case _:
-            assert_never(st.kind)
+    plan: Plan | None = None  # the decisions it carries out
 
 
 # ----------------------------------------------------------------------------- tensors in kernels
@@ -407,9 +251,8 @@ class _Tensor:
 class _Builder:
     """Collects buffers, kernels and packing specs while walking the stages."""
 
-    def __init__(self, sched: Schedule) -> None:
-        self.s = sched
-        self.V = sched.vector_width
+    def __init__(self, V: int) -> None:
+        self.V = V
         self.buffers: list[L.Buffer] = []
         self.kernels: list[L.Kernel] = []
         self.specs: list[PackSpec] = []
@@ -420,7 +263,6 @@ class _Builder:
         self.labels: list[str] = []  # the network stage (layer name) of each
         self.extents: list[int] = []  # of each stage kernel: parts of its split loop (0: not split)
         self.label = ""
-        self.split = False  # emit range-split stage kernels (intra-image threading)
         self.winograd_buffers: tuple[str, str] = ("", "")  # scratch U and M, shared by Winograd convs
 
     def fresh(self, base: str) -> str:
@@ -452,20 +294,19 @@ class _Builder:
             self.extents.append(extent)
 
 
-def _epilogue(v: L.Value, acts: list[Act]) -> L.Value:
+def _epilogue(v: L.Value, acts: tuple[Act, ...]) -> L.Value:
     for a in acts:
         v = L.Unary(a, v)
     return v
 
 
-def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor",
-                    rng: tuple[str, L.Index, L.Index] | None = None) -> tuple[list[Act], list[L.Stmt]]:
-    """Activations for a register-blocked micro-kernel's epilogue, and the statements that apply
-    the rest afterwards.  ``exp``-based activations need a dozen vector constants; inlined next to
-    a block of accumulators they force spills in the hot loop, so they run in a separate
-    (non-inlined) pass over the image's output, while it is still in L1."""
-    if all(a == "relu" for a in acts):
-        return acts, []
+def _act_pass(b: _Builder, acts: tuple[Act, ...], dst: "_Tensor",
+              rng: tuple[str, L.Index, L.Index] | None = None) -> list[L.Stmt]:
+    """The statements that apply ``acts`` (a step's ``after``: see ``plan._split_acts``) to the
+    image's output once a micro-kernel has written it: a call of a separate (non-inlined) kernel,
+    while the output is still in L1; none for no activations."""
+    if not acts:
+        return []
     lay = dst.layout
     name = b.fresh("act_")
     upd = [L.Store(dst.buf, dst.vat("i", "cb", "h", "w"),
@@ -473,7 +314,7 @@ def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor",
     if rng is None:
         b.kernel(name, (dst.buf,), _for("cb", lay.Cb, _for("h", lay.H, _for("w", lay.W, upd))),
                  params=("n0", "i"), stage=False)
-        return [], [L.Call(name, (L.IVar("n0"), L.IVar("i")))]
+        return [L.Call(name, (L.IVar("n0"), L.IVar("i")))]
     # only the part [a0, a1) of the channel blocks (``cb``) or rows (``h``) the caller computed
     dim, a0, a1 = rng
     if dim == "cb":
@@ -481,7 +322,7 @@ def _split_epilogue(b: _Builder, acts: list[Act], dst: "_Tensor",
     else:
         body = _for("cb", lay.Cb, _for("h", "a1", _for("w", lay.W, upd), start="a0"))
     b.kernel(name, (dst.buf,), body, params=("n0", "i", "a0", "a1"), stage=False)
-    return [], [L.Call(name, (L.IVar("n0"), L.IVar("i"), a0, a1))]
+    return [L.Call(name, (L.IVar("n0"), L.IVar("i"), a0, a1))]
 
 
 def _for(var: str, stop: L.Index | int, body: list[L.Stmt], start: L.Index | int = 0, step: int = 1,
@@ -545,13 +386,6 @@ def _blocked_runtime(var: str, extent: str, block: int,
             + _for(tvar, extent, body(L.IVar(tvar), 1), start=main_end))
 
 
-def _split(extent: int, max_block: int) -> int:
-    """Block size <= max_block that covers ``extent`` in the fewest, most even blocks."""
-    max_block = max(1, min(max_block, extent))
-    nblocks = -(-extent // max_block)
-    return -(-extent // nblocks)
-
-
 def _fma_step(V: int, weights: list[L.Value], inputs: list[L.Value]) -> list[L.Stmt]:
     """One step of a register-blocked micro-kernel (direct conv, Winograd GEMM, dense):
     ``acc{j}_{c} += w{c} * x{j}`` for the weight vectors ``weights`` and the scalar ``inputs``,
@@ -568,7 +402,7 @@ def _fma_step(V: int, weights: list[L.Value], inputs: list[L.Value]) -> list[L.S
 # ----------------------------------------------------------------------------- stage emitters
 
 
-def _emit_pack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_pack(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     """The caller's planar input into scratch: planar rows copied a vector at a time, or blocked
     (the lanes of a position gathered from ``V`` planes).  No loop body is a long unrolled run of
     scalar copies: those cost the optimiser far more than the copy costs at run time."""
@@ -599,7 +433,7 @@ def _emit_pack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     b.kernel(b.fresh("pack_"), (src.buf, dst.buf), _for("i", "nt", body))
 
 
-def _emit_unpack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_unpack(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     """Scratch into the caller's planar output.  Blocked sources are read position by position
     (one vector of ``V`` channels scattered to ``V`` planes); with ``H = W = 1`` the blocked
     layout already is the output order and whole vectors are copied (the last one masked)."""
@@ -638,7 +472,7 @@ def _emit_unpack(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     b.kernel(b.fresh("unpack_"), (src.buf, dst.buf), _for("i", "nt", body))
 
 
-def _emit_flatten(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_flatten(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     C, H, W = st.in_shape
     f = iadd(imul(iadd(imul("c", H), "h"), W), "w")
     copy = [L.Store(dst.buf, iadd(dst.image("i"), dst.layout.index(f, 0, 0)),
@@ -647,71 +481,20 @@ def _emit_flatten(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     b.kernel(b.fresh("flatten_"), (src.buf, dst.buf), _for("i", "nt", body))
 
 
-def _fusable_pool(b: _Builder, conv: _Stage, pool: _Stage) -> bool:
-    """Whether ``pool`` runs in the epilogue of ``conv``'s micro-kernel: non-overlapping windows
-    (kernel = stride), no padding, no window past the conv output (floor mode), so each pooled
-    value is a complete set of the micro-kernel's own accumulators; an average pool only after
-    cheap activations (each conv output's activation is taken in registers, before the mean); and
-    only where the fused register block is no smaller than the plain one (measured: a smaller
-    block costs more than the pooling pass it saves)."""
-    op = pool.op
-    assert isinstance(op, Pool)
-    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-    if conv.winograd:
-        return False
-    _, OH, OW = conv.out_shape
-    _, PH, PW = pool.out_shape
-    if not ((kh, kw) == (sh, sw) and (ph, pw) == (0, 0) and PH * kh <= OH and PW * kw <= OW and kh * kw <= 9):
-        return False
-    if op.kind == "avg" and not all(a == "relu" for a in conv.acts):
-        return False
-    return b.s.fuse_pool == "always" or _conv_block(b, conv, kh * kw)[2] >= _conv_block(b, conv, 1)[2]
-
-
-def _conv_block(b: _Builder, st: _Stage, win: int) -> tuple[int, int, int]:
-    """(output-channel vectors, output positions, accumulators) of the conv micro-kernel whose
-    output positions are pooling windows of ``win`` conv outputs (``win = 1``: no pooling)."""
+def _emit_conv(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
+    """A direct convolution; with ``st.pool`` (see ``plan._fusable_pool``) the pooling too, in
+    registers: ``dst`` is then the pool's output and the conv output never reaches memory."""
     op = st.op
     assert isinstance(op, Conv)
-    V, s = b.V, b.s
-    Ob = -(-st.out_shape[0] // V)
-    regs = s.vector_registers - 1 if V > 1 else 64
-    Bc = min(s.oc_block, Ob) if op.groups == 1 else 1
-    if win == 1:
-        # accumulators + weight vectors + two registers for input broadcasts: with one, the
-        # 2 x 6 block of the 3x3 / 5x5 convs spilled in the hot loop (half speed on VGG / AlexNet)
-        Bw = min(s.ow_block, max(1, (regs - Bc - 2) // Bc))
-    else:
-        # with the kw loop unrolled LLVM keeps the input broadcasts shared by neighbouring
-        # windows live across kw steps: more than ~8 accumulators then spill (measured)
-        if win * 2 > FUSED_ACCS:
-            Bc = 1
-        Bw = min(s.ow_block, max(1, FUSED_ACCS // (Bc * win)))
-    return Bc, Bw, Bc * Bw * win
-
-
-def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage | None = None) -> None:
-    """A convolution; with ``pool`` (see :func:`_fusable_pool`) the pooling too, in registers:
-    ``dst`` is then the pool's output and the conv output never reaches memory."""
-    op = st.op
-    assert isinstance(op, Conv)
-    V, s = b.V, b.s
+    V, pool = b.V, st.pool
     C, H, W = st.in_shape
     O, OH, OW = st.out_shape
     KH, KW = op.kernel
     SH, SW = op.stride
     DH, DW = op.dilation
     g = op.groups
-    Cg, Og = C // g, O // g
     Ob = -(-O // V)
-    # input-channel range of every output-channel vector block
-    lo, ln = [], []
-    for ob in range(Ob):
-        g0 = (ob * V) // Og
-        g1 = (min(ob * V + V, O) - 1) // Og
-        lo.append(g0 * Cg)
-        ln.append((g1 - g0 + 1) * Cg)
-    uniform = len(set(ln)) == 1 and all(lo[i] - lo[0] == i * (lo[1] - lo[0] if Ob > 1 else 0) for i in range(Ob))
+    lo, ln, uniform = conv_input_ranges(op, O, V)  # input-channel range of every output-channel block
     offs, acc = [], 0
     for n in ln:
         offs.append(acc)
@@ -724,36 +507,27 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
     if bname is not None:
         bufs.append(bname)
 
+    pre: tuple[Act, ...] = ()
     if pool is None:
-        epi = st.acts
         PKH = PKW = 1  # each output position is its own "window"
         rows, cols = OH, OW
-        pre: list[Act] = []
     else:
         pop = pool.op
         assert isinstance(pop, Pool)
         PKH, PKW = pop.kernel
         _, rows, cols = pool.out_shape
-        if pop.kind == "max":
-            # every activation is non-decreasing: act(max(x)) = max(act(x)), one per window
-            pre = []
-            epi = st.acts + pool.acts
-        else:
-            pre = st.acts  # relu only (_fusable_pool): per conv output, in registers
-            epi = pool.acts
-    win = PKH * PKW  # accumulators per output position (per channel vector)
-    Bc, Bw, _ = _conv_block(b, st, win)
-    Bw = _split(cols, Bw)
-    unroll_kw = s.unroll_kernel_w and KW <= 7
+        if pop.kind == "avg":
+            pre = st.acts  # relu only (plan._fusable_pool): per conv output, in registers
+    Bc, Bw = st.block
+    unroll_kw = st.unroll_kw
     step_lo = (lo[1] - lo[0]) if Ob > 1 else 0
     wblock = (ln[0] * KH * KW * V) if uniform else 0
-    # intra-image split: over output-channel blocks where there are at least as many as rows
-    # (uniform packing only), else over (pooled) output rows
-    split_ob = b.split and uniform and -(-Ob // Bc) >= rows
+    split_ob = st.split == "channel blocks"
     rng: tuple[str, L.Index, L.Index] | None = None
-    if b.split:
+    if st.split:
         rng = ("cb", *_range_of_blocks(min(Bc, Ob), Ob)) if split_ob else ("h", L.IVar("r0"), L.IVar("r1"))
-    acts, after = _split_epilogue(b, epi, dst, rng)
+    acts = st.epilogue
+    after = _act_pass(b, st.after, dst, rng)
 
     def pooled(vals: list[L.Value]) -> L.Value:
         """One window's conv outputs, pooled (``pre`` per output, ``acts`` on the result)."""
@@ -806,7 +580,7 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
     extent = 0
 
     def oh_loop(inner: list[L.Stmt]) -> list[L.Stmt]:
-        if b.split and not split_ob:
+        if st.split == "rows":
             return _for("oh", "r1", inner, start="r0")
         return _for("oh", rows, inner)
 
@@ -818,7 +592,7 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
         return _blocked_const("ob", Ob, Bc, f)
 
     if uniform:
-        if s.oc_outer:
+        if st.oc_outer:
             body = ob_loop(lambda ob0, nc: oh_loop(row(ob0, nc, None)))
         else:
             body = oh_loop(ob_loop(lambda ob0, nc: row(ob0, nc, None)))
@@ -826,67 +600,13 @@ def _emit_conv(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor, pool: _Stage
         body = []
         for ob in range(Ob):
             body += oh_loop(row(L.IConst(ob), 1, ob))
-    if b.split and not split_ob:
+    if st.split == "rows":
         extent = rows
+    assert extent == st.parts, (extent, st.parts)
     b.kernel(b.fresh("conv_"), tuple(bufs), _for("i", "nt", body + after), extent=extent)
 
 
-def _winograd_ok(st: _Stage, s: Schedule) -> bool:
-    """A 3x3, stride-1, undilated, ungrouped conv with enough channels that the transforms (about
-    4 vector adds per input and output value) are small next to the saved multiplies; the scalar
-    schedule keeps direct convolution."""
-    op = st.op
-    if st.kind != "conv" or not s.winograd or s.vector_width == 1:
-        return False
-    assert isinstance(op, Conv)
-    C, O = st.in_shape[0], st.out_shape[0]
-    # (measured on 16-image batches: 16 -> 32 channels 1.18x faster, 16 -> 16 0.91x, 64 -> 64 1.4-1.6x)
-    return (op.kernel == (3, 3) and op.stride == (1, 1) and op.dilation == (1, 1) and op.groups == 1
-            and min(C, O) >= s.winograd_min_channels and C * O >= 2 * s.winograd_min_channels ** 2
-            and min(st.out_shape[1:]) >= 2)
-
-
-def _winograd_halo(st: _Stage) -> tuple[int, int, int, int]:
-    """The conv's padding, plus a row / column where an odd output size leaves the last tile half
-    outside (its input is read, the outputs it would make are not stored)."""
-    op = st.op
-    assert isinstance(op, Conv)
-    t, bt, l, r = op.padding
-    _, H, W = st.in_shape
-    _, OH, OW = st.out_shape
-    return t, max(bt, 2 * (-(-OH // 2)) + 2 - t - H), l, max(r, 2 * (-(-OW // 2)) + 2 - l - W)
-
-
-def _winograd_plan(b: _Builder, st: _Stage) -> tuple[int, int, int, int]:
-    """(output-channel vectors, tiles per micro-kernel, tiles per chunk, chunk regions) of the
-    Winograd conv ``st``.
-
-    The register block is the direct conv's (accumulators + weight vectors + two broadcast
-    registers).  A chunk of tiles is sized so that one of its 16 transformed-input slices
-    (``tiles x C``) stays in L2 while every output-channel block reads it; ``U`` and ``M`` hold
-    one chunk, or under an intra-image split one region per chunk (the parts share scratch)."""
-    V = b.V
-    Bc, Bw, _ = _conv_block(b, st, 1)
-    T = -(-st.out_shape[1] // 2) * -(-st.out_shape[2] // 2)
-    Cp = -(-st.in_shape[0] // V) * V
-    nt = max(Bw, WINO_SLICE_FLOATS // Cp // Bw * Bw)
-    if b.split:  # several chunks per thread, so the parts balance
-        nt = min(nt, max(Bw, -(-T // 8 // Bw) * Bw))
-    nt = min(nt, T)
-    return Bc, min(Bw, nt), nt, -(-T // nt) if b.split else 1
-
-
-def _winograd_scratch(b: _Builder, st: _Stage) -> tuple[int, int]:
-    """Floats of the transformed-input buffer ``U`` ``[region][16][tile][C_pad]`` and of the GEMM
-    result ``M`` ``[region][16][tile][O_pad]`` of ``st`` (see :func:`_winograd_plan`)."""
-    V = b.V
-    _, _, nt, regions = _winograd_plan(b, st)
-    Cp = -(-st.in_shape[0] // V) * V
-    Op = -(-st.out_shape[0] // V) * V
-    return regions * 16 * nt * Cp, regions * 16 * nt * Op
-
-
-def _emit_winograd(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_winograd(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     """A 3x3 stride-1 conv by Winograd F(2x2, 3x3), a chunk of 2 x 2 output tiles (row-major
     over the image) at a time: the chunk's input tiles transformed (``B^T d B``, vectors of V
     input channels) into ``U``; 16 GEMMs ``M[xi] = U[xi] W'[xi]`` over the input channels
@@ -902,7 +622,7 @@ def _emit_winograd(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     Cb, Ob = -(-C // V), -(-O // V)
     Cp, Op = Cb * V, Ob * V
     pt, pl = op.padding[0], op.padding[2]
-    Bc, Bw, NT, regions = _winograd_plan(b, st)
+    (Bc, Bw), (NT, regions) = st.block, st.chunk
     G = -(-T // NT)
     wname = b.weights(f"{st.name}.weight", 16 * Ob * Cp * V)
     b.specs.append(WinogradPack(f"{st.name}.weight", b.buffers[-1].offset, 16 * Ob * Cp * V, V, O, C, Cp))
@@ -1000,14 +720,15 @@ def _emit_winograd(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     outputs = _for("t", "ntl", _for("ob", Ob, out))
 
     chunk = [L.LetIndex("ntl", imin(NT, isub(T, imul("g", NT)))), *transform, *gemm, *outputs]
-    body = _for("g", "r1", chunk, start="r0") if b.split else _for("g", G, chunk)
-    b.kernel(b.fresh("winograd_"), tuple(bufs), _for("i", "nt", body), extent=G if b.split else 0)
+    body = _for("g", "r1", chunk, start="r0") if st.split else _for("g", G, chunk)
+    assert st.parts == (G if st.split else 0)
+    b.kernel(b.fresh("winograd_"), tuple(bufs), _for("i", "nt", body), extent=st.parts)
 
 
-def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_dense(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     op = st.op
     assert isinstance(op, Dense)
-    V, s = b.V, b.s
+    V = b.V
     O = op.out_features
     Ob = -(-O // V)
     K = src.layout.size
@@ -1017,10 +738,9 @@ def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     bname = _bias_buffer(b, st.name, op.bias, Ob, V, O)
     if bname is not None:
         bufs.append(bname)
-    regs = s.vector_registers - 1 if V > 1 else 64
-    Bo = min(s.dense_out_block, Ob)
-    acts, after = _split_epilogue(b, st.acts, dst, ("cb", *_range_of_blocks(Bo, Ob)) if b.split else None)
-    Bn = max(1, min(s.dense_batch_block, (regs - Bo - 1) // Bo, s.batch_tile))
+    Bo, Bn = st.block
+    acts = st.epilogue
+    after = _act_pass(b, st.after, dst, ("cb", *_range_of_blocks(Bo, Ob)) if st.split else None)
 
     def micro(ob0: L.Index, nc: int, i0: L.Index, ni: int) -> list[L.Stmt]:
         stm: list[L.Stmt] = []
@@ -1041,19 +761,20 @@ def _emit_dense(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         return _blocked_runtime("i", "nt", Bn, lambda i0, ni: micro(ob0, nc, i0, ni))
 
     extent = 0
-    if b.split:
+    if st.split:
         body, extent = _blocked_range("ob", Ob, Bo, per_block)
     else:
         body = _blocked_const("ob", Ob, Bo, per_block)
+    assert extent == st.parts
     if after:
         body += _for("i", "nt", after)
     b.kernel(b.fresh("dense_"), tuple(bufs), body, extent=extent)
 
 
-def _emit_pool(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_pool(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     op = st.op
     assert isinstance(op, Pool)
-    V, s = b.V, b.s
+    V = b.V
     C, H, W = st.in_shape
     _, OH, OW = st.out_shape
     (KH, KW), (SH, SW), (PH, PW) = op.kernel, op.stride, op.padding
@@ -1064,7 +785,7 @@ def _emit_pool(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     upd = L.Assign("acc", L.Bin("max" if is_max else "add", L.Local("acc"),
                                  L.Load(src.buf, src.vat("i", "cb", ih, iw), V)))
     stm: list[L.Stmt] = [L.DeclLocal("acc", V, L.FConst(-math.inf if is_max else 0.0, V))]
-    stm += _for("kh", KH, _for("kw", KW, [upd], unroll=s.unroll_kernel_w and KW <= 7), unroll=KH * KW <= 9)
+    stm += _for("kh", KH, _for("kw", KW, [upd], unroll=st.unroll_kw), unroll=KH * KW <= 9)
     res: L.Value = L.Local("acc")
     if not is_max:
         # PyTorch divides by the window clipped to the padded input (count_include_pad)
@@ -1079,14 +800,14 @@ def _emit_pool(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
         else:
             res = L.Bin("div", res, L.ToFloat(imul(dh, dw), V))
     stm.append(L.Store(dst.buf, dst.vat("i", "cb", "oh", "ow"), _epilogue(res, st.acts)))
-    if b.split:  # split over output rows
+    if st.split:  # over output rows
         body = _for("cb", Cb, _for("oh", "r1", _for("ow", OW, stm), start="r0"))
     else:
         body = _for("cb", Cb, _for("oh", OH, _for("ow", OW, stm)))
-    b.kernel(b.fresh("pool_"), (src.buf, dst.buf), _for("i", "nt", body), extent=OH if b.split else 0)
+    b.kernel(b.fresh("pool_"), (src.buf, dst.buf), _for("i", "nt", body), extent=st.parts)
 
 
-def _emit_gap(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_gap(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     V = b.V
     C, H, W = st.in_shape
     Cb = -(-C // V)
@@ -1098,7 +819,7 @@ def _emit_gap(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
     b.kernel(b.fresh("gap_"), (src.buf, dst.buf), _for("i", "nt", _for("cb", Cb, stm)))
 
 
-def _emit_softmax(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
+def _emit_softmax(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     V = b.V
     C, H, W = st.in_shape
     full, tail = divmod(C, V)
@@ -1138,105 +859,50 @@ def _emit_softmax(b: _Builder, st: _Stage, src: _Tensor, dst: _Tensor) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def _macs_per_image(stages: list[_Stage]) -> int:
-    """Multiply-adds of the conv and dense stages, per image."""
-    total = 0
-    for st in stages:
-        if st.kind == "conv":
-            assert isinstance(st.op, Conv)
-            O, OH, OW = st.out_shape
-            total += O * OH * OW * (st.in_shape[0] // st.op.groups) * st.op.kernel[0] * st.op.kernel[1]
-        elif st.kind == "dense":
-            total += st.out_shape[0] * st.in_shape[0] * st.in_shape[1] * st.in_shape[2]
-    return total
-
-
-TAIL_KINDS = ("dense", "flatten", "softmax", "unpack")
-
-
-def _dense_tail(stages: list[_Stage], schedule: Schedule) -> int:
-    """Index of the first stage of the dense tail (a suffix of dense, flatten and softmax stages
-    starting with a dense one) worth running on ``dense_tile`` images, or 0 for none."""
-    k = len(stages)
-    while k > 1 and stages[k - 1].kind in TAIL_KINDS:
-        k -= 1
-    while k < len(stages) and stages[k].kind != "dense":
-        k += 1
-    if k >= len(stages) or schedule.dense_tile <= schedule.batch_tile:
-        return 0
-    weights = sum(math.prod(st.in_shape) * st.out_shape[0] for st in stages[k:] if st.kind == "dense")
-    return k if 4 * weights >= schedule.dense_tail_bytes else 0
 
 
 def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
     """The loop program and weight-packing plan of ``cm`` under ``schedule``."""
-    V = schedule.vector_width
-    T = schedule.batch_tile
-    stages = _stages(cm)
-    for st in stages:
-        st.winograd = _winograd_ok(st, schedule)
-    # Drop the input copy when the first consumer reads the caller's array as it is.
-    first = stages[1]
-    skip_pack = (not stages[0].acts and first.kind in ("conv", "dense")
-                 and _input_requirements(first)[:2] == (True, (0, 0, 0, 0)))
-    b = _Builder(schedule)
-    b.split = schedule.split_macs > 0 and _macs_per_image(stages) >= schedule.split_macs
-    wino = [_winograd_scratch(b, st) for st in stages if st.winograd]
-    if wino:  # one U and one M for all Winograd convs (they run one after the other)
-        b.winograd_buffers = (b.scratch("winograd.U", max(u for u, _ in wino), 0.0),
-                              b.scratch("winograd.M", max(m for _, m in wino), 0.0))
-    in_lay = Layout(*stages[0].in_shape, blocked=False, V=V)
-    x = _Tensor("input", in_lay, True)
-    b.buffers.append(L.Buffer("input", "input", in_lay.size))
-    out_chw = stages[-1].in_shape
-    out_lay = Layout(*out_chw, blocked=False, V=V)
-    y = _Tensor("output", out_lay, True)
-    b.buffers.append(L.Buffer("output", "output", out_lay.size))
+    return emit(plan(cm, schedule))
+
+
+def emit(p: Plan) -> Lowered:
+    """The loop program and weight-packing plan that carry out ``p``."""
+    V = p.vector_width
+    T, T2 = p.batch_tile, p.dense_tile or p.batch_tile
+    b = _Builder(V)
+    if p.winograd_scratch != (0, 0):  # one U and one M for all Winograd convs (they run one after the other)
+        b.winograd_buffers = (b.scratch("winograd.U", p.winograd_scratch[0], 0.0),
+                              b.scratch("winograd.M", p.winograd_scratch[1], 0.0))
+    x = _Tensor("input", p.input, True)
+    b.buffers.append(L.Buffer("input", "input", p.input.size))
+    y = _Tensor("output", p.output, True)
+    b.buffers.append(L.Buffer("output", "output", p.output.size))
 
     # Dense tail (module docstring): the kernel writing its input (the boundary) addresses that
     # buffer like the caller's arrays, at the image offset the entry passes as its n0; it must not
     # read the caller's input itself (that needs the absolute n0).
-    tail = _dense_tail(stages, schedule)
-    T2 = -(-schedule.dense_tile // T) * T if tail else T
-    if tail == 1:  # dense layers right after the input: no activations to keep small, one tile level
-        T, tail = T2, 0
     bounds = [0, 0]  # stage kernels [bounds[0], bounds[1]) write the boundary; the tail follows
-
     cur = x
-    k = 1 if skip_pack else 0
-    while k < len(stages):
-        st = stages[k]
-        b.label = {"pack": "input", "unpack": "output"}.get(st.kind, st.name)
+    for st in p.steps:
+        b.label = st.label
         if st.kind == "unpack":
             _emit_unpack(b, st, cur, y)
             break
-        fused: _Stage | None = None
-        if (schedule.fuse_pool != "off" and st.kind == "conv" and stages[k + 1].kind == "pool"
-                and _fusable_pool(b, st, stages[k + 1])):
-            fused = stages[k + 1]  # conv + pool in one kernel: the pool's output is the result
-            b.label = f"{st.name}+{fused.name}"
-            k += 1
-        result = fused or st  # the stage whose output this kernel writes
-        k += 1
-        planar_ok, halo, fill = _input_requirements(stages[k])
-        blocked = not (planar_ok and st.kind == "pack")
-        lay = Layout(*result.out_shape, blocked=blocked, V=V, halo=halo)
-        boundary = tail and k == tail
-        if boundary and cur.user:
-            tail, T2, boundary = 0, T, False
-        in_tail = tail and k > tail
-        buf = b.scratch(f"{result.name}.out" if st.kind != "pack" else "input.packed",
-                        (T2 if boundary or in_tail else T) * lay.size, fill)
-        dst = _Tensor(buf, lay, bool(boundary))
+        lay = st.out
+        assert lay is not None
+        boundary = st.level == "boundary"
+        buf = b.scratch(st.buffer, (T2 if st.level != "tile" else T) * lay.size, st.fill)
+        dst = _Tensor(buf, lay, boundary)
         if boundary:
             bounds[0] = len(b.stages)
         match st.kind:
             case "pack":
                 _emit_pack(b, st, cur, dst)
-            case "conv" if st.winograd:
+            case "conv" if st.algorithm == "winograd":
                 _emit_winograd(b, st, cur, dst)
             case "conv":
-                _emit_conv(b, st, cur, dst, fused)
+                _emit_conv(b, st, cur, dst)
             case "dense":
                 _emit_dense(b, st, cur, dst)
             case "pool":
@@ -1255,14 +921,15 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
             bounds[1] = len(b.stages)
             dst = _Tensor(buf, lay, False)  # the tail reads it from image 0
         cur = dst
+    tail = p.dense_tile > 0
 
     profile_offset = -1
-    if schedule.profile:
+    if p.profile:
         b.scratch(L.PROFILE_BUFFER, 2 * len(b.stages), 0.0)  # one int64 per stage
         profile_offset = b.buffers[-1].offset
 
     def calls(lo: int, hi: int, n0: L.Index, nt: L.Index) -> list[L.Stmt]:
-        return [L.Call(kn, (n0, nt, *((L.IConst(0), L.IConst(e)) if e else ())), k if schedule.profile else -1)
+        return [L.Call(kn, (n0, nt, *((L.IConst(0), L.IConst(e)) if e else ())), k if p.profile else -1)
                 for k, (kn, e) in enumerate(zip(b.stages, b.extents)) if lo <= k < hi]
 
     S = len(b.stages)
@@ -1278,9 +945,9 @@ def lower(cm: ConcreteModel, schedule: Schedule) -> Lowered:
                 *calls(0, bounds[0], L.IVar("n0"), L.IVar("nt")),
                 *calls(bounds[0], bounds[1], isub("n0", "N0"), L.IVar("nt")))),
             *calls(bounds[1], S, L.IVar("N0"), L.IVar("NT"))))]
-    prog = L.Program(cm.model.name, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
+    prog = L.Program(p.model, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
                      max(b.wsize, ALIGN), max(b.ssize, ALIGN),
-                     tuple(zip(b.stages, b.extents)) if b.split else ())
+                     tuple(zip(b.stages, b.extents)) if p.split else ())
     L.verify(prog)
-    return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), tuple(cm.input_shape),
-                   tuple(cm.output_shape), T, tuple(b.labels), profile_offset, T2 if tail else 0)
+    return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), p.input_shape, p.output_shape, T,
+                   tuple(b.labels), profile_offset, p.dense_tile, p)
