@@ -187,6 +187,7 @@ class _FnGen:
         forbids shadowing; unrolled iterations bind their variable in a scope popped after each
         iteration), and an entry lives in the innermost scope, popped no later than the values it
         used.  It keeps the IR (and so the optimiser's work) small."""
+        op: str  # an IBin's op, or urem / udiv
         match e:
             case L.IConst(value=v):
                 return self.iconst(v)
@@ -208,7 +209,7 @@ class _FnGen:
             case _:
                 assert_never(e)
         for sc in reversed(self.scopes_i):
-            v = sc.get(key)  # type: ignore[call-overload]
+            v = sc.get(key)
             if v is not None:
                 return v
         b = self.b
@@ -475,7 +476,7 @@ def _arena_ptrs(g: _FnGen, prog: L.Program, x: ir.Value, y: ir.Value, w: ir.Valu
 
 
 def _stage_entry(module: ir.Module, prog: L.Program, k: int, kernel: str, extent: int,
-                 kernels: dict[str, tuple[ir.Function, tuple[str, ...]]]) -> None:
+                 kernels: dict[str, tuple[ir.Function, tuple[str, ...]]]) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 4 + [I64] * 4), name=stage_name(prog, k))
     _attrs(fn, prog)
     x, y, w, s, n0, nt, r0, r1 = fn.args

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Union, assert_never
+from typing import Callable, Sequence, Union, assert_never
 
 import numpy as np
 
@@ -325,7 +325,7 @@ def _act_pass(b: _Builder, acts: tuple[Act, ...], dst: "_Tensor",
     return [L.Call(name, (L.IVar("n0"), L.IVar("i"), a0, a1))]
 
 
-def _for(var: str, stop: L.Index | int, body: list[L.Stmt], start: L.Index | int = 0, step: int = 1,
+def _for(var: str, stop: L.Index | int | str, body: Sequence[L.Stmt], start: L.Index | int | str = 0, step: int = 1,
          unroll: bool = False) -> list[L.Stmt]:
     start, stop = ix(start), ix(stop)
     if isinstance(start, L.IConst) and isinstance(stop, L.IConst) and stop.value <= start.value:
@@ -386,7 +386,7 @@ def _blocked_runtime(var: str, extent: str, block: int,
             + _for(tvar, extent, body(L.IVar(tvar), 1), start=main_end))
 
 
-def _fma_step(V: int, weights: list[L.Value], inputs: list[L.Value]) -> list[L.Stmt]:
+def _fma_step(V: int, weights: Sequence[L.Value], inputs: Sequence[L.Value]) -> list[L.Stmt]:
     """One step of a register-blocked micro-kernel (direct conv, Winograd GEMM, dense):
     ``acc{j}_{c} += w{c} * x{j}`` for the weight vectors ``weights`` and the scalar ``inputs``,
     broadcast.  Each input is loaded just before its FMAs, so one or two broadcast registers
@@ -635,10 +635,10 @@ def _emit_winograd(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     acts = st.acts
     region = "g" if regions > 1 else L.IConst(0)
 
-    def u_at(xi: L.Index | int, t: L.Index | int, c: L.Index | int) -> L.Index:
+    def u_at(xi: L.Index | int | str, t: L.Index | int | str, c: L.Index | int | str) -> L.Index:
         return iadd(imul(iadd(imul(iadd(imul(region, 16), xi), NT), t), Cp), c)
 
-    def m_at(xi: L.Index | int, t: L.Index | int, c: L.Index | int) -> L.Index:
+    def m_at(xi: L.Index | int | str, t: L.Index | int | str, c: L.Index | int | str) -> L.Index:
         return iadd(imul(iadd(imul(iadd(imul(region, 16), xi), NT), t), Op), c)
 
     def sub(x: L.Value, y: L.Value) -> L.Value:

@@ -77,6 +77,8 @@ class Layout:
         if not self.blocked or self.V == 1:
             return iadd(imul(iadd(imul(c, self.Hp), hh), self.Wp), ww)
         c = ix(c)
+        cb: L.Index
+        cl: L.Index
         if isinstance(c, L.IConst):
             cb, cl = L.IConst(c.value // self.V), L.IConst(c.value % self.V)
         else:
@@ -179,7 +181,7 @@ class _Stage:
 
 def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 3:
-        return shape  # type: ignore[return-value]
+        return shape
     assert len(shape) == 1, shape
     return (shape[0], 1, 1)
 

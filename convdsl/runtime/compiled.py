@@ -40,6 +40,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
@@ -116,7 +117,7 @@ class CompiledModel:
         self._fn_arrays = _FORWARD_ARRAYS(arrays) if arrays and _DATA_OFFSET is not None else None
         self._profiled: CompiledModel | None = None
         # per-stage entries (heavy models only, see Schedule.split_macs): (function, parts)
-        self._stages: list[tuple[object, int]] = []
+        self._stages: list[tuple[Callable[..., None], int]] = []
         for k, (_, extent) in enumerate(self.program.stages):
             self._stages.append((_STAGE(jit.address(stage_name(self.program, k))), extent))
         self._batch = _BATCH(jit.address(batch_name(self.program)))
