@@ -1,41 +1,104 @@
-"""The back-end pipeline, written once: ``lower`` -> ``codegen`` -> ``jit``, through the cache.
+"""The back-end pipeline, written once: plan -> lower -> codegen -> LLVM, through the cache.
 
 ``build(cm, schedule)`` is what the API, the runtime and the cache all go
-through.  Lowering always runs (it is cheap, and gives the loop IR and the
-weight-packing plan); LLVM runs only on a cache miss.
+through.  Planning and lowering always run (they are cheap, and give the plan,
+the loop IR and the weight-packing plan); codegen and LLVM run only on a
+cache miss.
+
+Looking inside while compiling:
+
+* every build records how long each stage took (``Build.timings``; printed by
+  :func:`format_timings`, as LLVM's ``-time-passes``);
+* ``CONVDSL_DUMP=plan,loops,llvm`` writes those stages of every model compiled
+  to ``CONVDSL_DUMP_DIR`` (default ``./convdsl-dump``), one file per stage,
+  named by model and cache key (``llvm`` is the optimised IR).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.model import ConcreteModel
 from . import cache
 from .codegen import codegen
 from .jit import JitModule
-from .lower import Lowered, lower
+from .loopir import format_program
+from .lower import Lowered, emit
+from .plan import format_plan, plan
 from .schedule import Schedule
+
+DUMP_STAGES = ("plan", "loops", "llvm")
 
 
 @dataclass(frozen=True, slots=True)
 class Build:
-    """The back end's product: the lowered program (loop IR, packing plan) and its native code."""
+    """The back end's product: the lowered program (plan, loop IR, packing plan) and its native code."""
 
     lowered: Lowered
     jit: JitModule
     cache_hit: bool = False
+    timings: tuple[tuple[str, float], ...] = ()  # (stage, seconds), in pipeline order
 
 
 def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None) -> Build:
     """Compile ``cm`` under ``schedule``; with ``source`` (the program's text, part of the key) the
     native code comes from, and goes to, the disk cache."""
-    lowered = lower(cm, schedule)
+    times: list[tuple[str, float]] = []
+    t = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        times.append((stage, now - t))
+        t = now
+
+    p = plan(cm, schedule)
+    lap("plan")
+    lowered = emit(p)
+    lap("lower + verify")
     key = cache.cache_key(cm, schedule, source) if source is not None else None
-    if key is not None:
-        jit = cache.load(key)
-        if jit is not None:
-            return Build(lowered, jit, True)
-    jit = JitModule(codegen(lowered.program))
-    if key is not None:
-        cache.store(key, jit)
-    return Build(lowered, jit, False)
+    jit = cache.load(key) if key is not None else None
+    hit = jit is not None
+    if jit is not None:
+        lap("cache load")
+    else:
+        module = codegen(lowered.program)
+        lap("codegen")
+        jit = JitModule(module)
+        lap("llvm (optimise, object code, load)")
+        if key is not None:
+            cache.store(key, jit)
+            lap("cache store")
+    _dump(cm, schedule, lowered, jit)
+    return Build(lowered, jit, hit, tuple(times))
+
+
+def format_timings(timings: tuple[tuple[str, float], ...]) -> str:
+    total = sum(s for _, s in timings) or 1e-12
+    rows = [f"{s * 1e3:9.1f} ms  {100 * s / total:5.1f}%  {stage}" for stage, s in timings]
+    return "\n".join(["compile time by stage:", *rows, f"{total * 1e3:9.1f} ms  total"]) + "\n"
+
+
+def _dump(cm: ConcreteModel, schedule: Schedule, lowered: Lowered, jit: JitModule) -> None:
+    wanted = {w.strip() for w in os.environ.get("CONVDSL_DUMP", "").split(",") if w.strip()}
+    if not wanted:
+        return
+    unknown = wanted - set(DUMP_STAGES)
+    if unknown:  # (a debugging switch: say so, dump the rest, never fail the compile)
+        print(f"convdsl: CONVDSL_DUMP: no stage {', '.join(sorted(unknown))} (stages: {', '.join(DUMP_STAGES)})",
+              file=sys.stderr)
+    where = Path(os.environ.get("CONVDSL_DUMP_DIR") or "convdsl-dump")
+    where.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha256(f"{cm!r} {schedule!r}".encode()).hexdigest()[:10]
+    texts = {"loops": lambda: format_program(lowered.program), "llvm": lambda: jit.llvm_ir}
+    made = lowered.plan
+    if made is not None:
+        texts["plan"] = lambda: format_plan(made)
+    for stage in sorted(wanted):
+        if stage in texts:
+            (where / f"{cm.model.name}.{tag}.{stage}").write_text(texts[stage]())

@@ -107,6 +107,7 @@ class CompiledModel:
                  cache_hit: bool = False) -> None:
         self.model = cm
         self.cache_hit = cache_hit
+        self.timings: tuple[tuple[str, float], ...] = ()  # compile time by stage (backend.driver.build)
         self.schedule = schedule
         self.lowered = lowered
         self.program: loopir.Program = lowered.program
@@ -389,4 +390,6 @@ def compile_model(cm: ConcreteModel, schedule: Schedule | None = None, source: s
     program text) through the disk cache (``CompiledModel.cache_hit`` says whether it hit)."""
     schedule = schedule or Schedule.for_host()
     b = build(cm, schedule, source)
-    return CompiledModel(cm, schedule, b.lowered, b.jit, b.cache_hit)
+    compiled = CompiledModel(cm, schedule, b.lowered, b.jit, b.cache_hit)
+    compiled.timings = b.timings
+    return compiled
