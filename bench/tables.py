@@ -15,7 +15,7 @@ import json
 import re
 import sys
 
-from convdsl.frontend.report import format_seconds as fmt_time
+from convdsl.core.text import format_seconds as fmt_time
 
 ENGINES = ("convdsl", "torch", "torch-compile", "onnxruntime", "numpy")
 TITLES = {"convdsl": "convdsl", "torch": "PyTorch", "torch-compile": "torch.compile",

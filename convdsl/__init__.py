@@ -10,12 +10,13 @@ See ``convdsl.api`` for the full API and ``docs/`` for the language.
 
 from .core.version import VERSION as __version__
 
-__all__ = ["load", "loads", "compile", "compile_code", "check_file", "check_source", "Program", "Network",
-           "CompileError", "BoundaryError", "Schedule"]
+__all__ = ["load", "loads", "compile", "compile_code", "emit", "check_file", "check_source", "Checked", "Program",
+           "Network", "BESIDE", "host_cpu", "CompileError", "BoundaryError", "Schedule"]
 
 _LAZY = {
-    "load": "api", "loads": "api", "compile": "api", "compile_code": "api", "Program": "api", "Network": "api",
-    "check_file": "frontend", "check_source": "frontend", "CompileError": "core.diagnostics",
+    "load": "api", "loads": "api", "compile": "api", "compile_code": "api", "emit": "api", "Program": "api",
+    "Network": "api", "BESIDE": "api", "host_cpu": "api",
+    "check_file": "frontend", "check_source": "frontend", "Checked": "frontend", "CompileError": "core.diagnostics",
     "BoundaryError": "runtime.boundary", "Schedule": "backend.schedule",
 }
 

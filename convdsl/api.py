@@ -20,16 +20,21 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from .backend.schedule import Schedule
+from .backend.schedule import Schedule, host_features
+from .core import stages
 from .core.diagnostics import CompileError
-from .core.model import CheckedModel
-from .frontend.check import CheckResult
+from .core.model import CheckedModel, format_model
 from .frontend import Checked, check_file, check_source
-from .runtime.boundary import BoundaryError, bind_input, load_weights, random_weights, validate_weights
+from .frontend import ast as syntax
+from .frontend.check import CheckResult
+from .runtime.boundary import BoundaryError, bind_input, check_sizes, load_weights, random_weights, validate_weights
+
+if TYPE_CHECKING:  # (imported when compiling: it loads LLVM)
+    from .runtime.compiled import CompiledModel, PackedWeights
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,65 @@ class Program:
     def warnings(self) -> str:
         return self.checked.render(self.result.warnings)
 
+    @property
+    def ast(self) -> syntax.Program:
+        """The syntax tree the models were checked from (``convdsl.frontend.ast``)."""
+        assert self.checked.tree is not None  # (a Program is made only from a file that parsed and checked)
+        return self.checked.tree
+
     def model(self, name: str | None = None) -> CheckedModel:
         """The model called ``name``; by default the only or last one in the file."""
         try:
             return self.result.model(name)
         except KeyError as e:
             raise KeyError(f"{self.file}: {e.args[0]}") from None
+
+
+class Beside:
+    """The type of :data:`BESIDE` (a sentinel, so that no path or dict can be mistaken for it)."""
+
+    def __repr__(self) -> str:
+        return "convdsl.BESIDE"
+
+
+BESIDE = Beside()
+"""``weights=BESIDE``: the ``.npz`` beside the program (:func:`weights_beside`) if there is one, else
+seeded random weights.  The rule every command that needs weights (``convdsl run``, ``convdsl
+bench``) follows without ``--weights``; kept here so that it is written once."""
+
+
+def weights_beside(program: "Program | str | os.PathLike") -> str:
+    """Where :data:`BESIDE` looks for weights: ``FILE.npz`` next to ``FILE.conv`` (whether or not it exists)."""
+    file = program.file if isinstance(program, Program) else os.fspath(program)
+    return os.path.splitext(file)[0] + ".npz"
+
+
+def resolve_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None, origin: str = "sizes") -> dict[str, int]:
+    """Every symbol of ``model`` but the batch ``N``: its value in ``sizes``, else the smallest valid one.
+
+    The values are checked against ``valid_for``, ``where`` multiples and fixed values, and a
+    symbol the model does not have is refused: a :class:`BoundaryError` (its message starting with
+    ``origin``) rather than code compiled for sizes the model cannot take.
+    """
+    env = model.sizes(sizes)
+    check_sizes(model, env, origin)
+    return env
+
+
+@dataclass(frozen=True)
+class HostCPU:
+    """The machine the code is compiled for, as LLVM sees it."""
+
+    name: str  # LLVM's CPU name: ``skylake-avx512``, ``znver3``, ...
+    features: frozenset[str]  # the enabled features: ``avx2``, ``fma``, ``avx512f``, ...
+
+
+def host_cpu() -> HostCPU:
+    """This machine's CPU as LLVM names it, and its features (what ``Schedule.for_host()`` reads)."""
+    import llvmlite.binding as llvm
+
+    feats = host_features()  # (initialises LLVM's native target, which the CPU name needs too)
+    return HostCPU(llvm.get_host_cpu_name(), frozenset(k for k, on in feats.items() if on))
 
 
 def _program(checked: Checked) -> Program:
@@ -101,6 +159,28 @@ class Network:
     def random_weights(self) -> bool:
         return self._weights is None
 
+    @property
+    def weights_description(self) -> str:
+        """Where the weights came from, for a person: the file, or the random initialisation and its seed."""
+        if self._weights is None:
+            return f"seeded random weights (PyTorch's default initialisation, seed {self.seed})"
+        return self.weights_origin
+
+    def weights(self, sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+        """The float32 arrays the network computes with at these sizes (default: the smallest valid).
+
+        The given weights as checked against the model, or the seeded random ones (the same
+        arrays every time): what another implementation needs to compute the same function
+        (``convdsl bench`` builds its competitors from them).  Raises :class:`BoundaryError` for
+        weights that do not fit.
+        """
+        return self._weights_at(resolve_sizes(self.model, sizes))
+
+    def _weights_at(self, env: Mapping[str, int]) -> dict[str, np.ndarray]:
+        if self._weights is None:
+            return random_weights(self.model, env, self.seed)
+        return validate_weights(self.model, env, self._weights, self.weights_origin)
+
     # ------------------------------------------------------------------ binding
     def _env_of(self, x_shape: tuple[int, ...]) -> dict[str, int]:
         env = {}
@@ -111,8 +191,12 @@ class Network:
         return env
 
     def bind(self, sizes: Mapping[str, int] | None = None) -> "_Binding":
-        """Compile (or fetch) the code for the given symbol values (default: ``valid_for``)."""
-        env = self.model.sizes(sizes)
+        """Compile (or fetch) the code for the given symbol values (default: ``valid_for``).
+
+        The sizes are checked first (:func:`resolve_sizes`); ``last_compile`` then holds this
+        binding's compile time.
+        """
+        env = resolve_sizes(self.model, sizes)
         key = tuple(sorted(env.items()))
         with self._lock:
             b = self._bindings.get(key)
@@ -121,10 +205,7 @@ class Network:
         return b
 
     def _compile(self, env: dict[str, int]) -> "_Binding":
-        if self._weights is None:
-            weights = random_weights(self.model, env, self.seed)
-        else:
-            weights = validate_weights(self.model, env, self._weights, self.weights_origin)
+        weights = self._weights_at(env)
         compiled, stats = compile_code(self.program, self.model, env, schedule=self.schedule, cache=self.cache)
         self.last_compile = stats
         return _Binding(compiled, compiled.pack_weights(weights), env, stats)
@@ -148,12 +229,26 @@ class Network:
             b = last[1]
             arr = x
         else:
-            arr, env = bind_input(self.model, x)
-            env.pop("N", None)
-            b = self.bind(env)
+            arr, b = self._checked_input(x)
             self._last = (arr.shape[1:], b)
         out = b.compiled.run(arr, b.packed, threads=t)
         return out.reshape((arr.shape[0], *b.compiled.output_shape))
+
+    def _checked_input(self, x: object) -> tuple[np.ndarray, "_Binding"]:
+        """``x`` checked against the model (as float32, C-contiguous) and the binding for its sizes."""
+        arr, env = bind_input(self.model, x)
+        env.pop("N", None)
+        return arr, self.bind(env)
+
+    def profile(self, x: object, repeat: int = 10) -> dict[str, float]:
+        """Seconds per call spent in each stage of the native code, on one thread, over ``repeat`` calls on ``x``.
+
+        Keyed by layer name (a layer fused into the one before it has no entry of its own), plus
+        ``input`` / ``output`` for the copies in and out.  From cycle counters that a profiled
+        twin of the binding's code keeps (compiled on the first profile, same weights).
+        """
+        arr, b = self._checked_input(x)
+        return b.compiled.profile(arr, b.packed, repeat)
 
     # ------------------------------------------------------------------ introspection
     def llvm_ir(self, sizes: Mapping[str, int] | None = None) -> str:
@@ -178,21 +273,22 @@ class CompileStats:
 
 @dataclass(frozen=True)
 class _Binding:
-    compiled: object  # backend.CompiledModel
-    packed: object  # backend.PackedWeights
+    compiled: "CompiledModel"
+    packed: "PackedWeights"
     env: Mapping[str, int]
     stats: CompileStats
 
 
 def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int] | None = None, *,
                  schedule: Schedule | None = None, cache: bool = True):
-    """Generate native code for ``model`` at the given symbol values (default: ``valid_for``).
+    """Generate native code for ``model`` at the given symbol values (default: ``valid_for``; checked by
+    :func:`resolve_sizes`).
 
     Returns ``(backend.CompiledModel, CompileStats)``; no weights are needed.
     """
     from .runtime.compiled import compile_model
 
-    env = model.sizes(sizes)
+    env = resolve_sizes(model, sizes)
     schedule = schedule or Schedule.for_host()
     concrete = model.bind(env)
     start = time.perf_counter()
@@ -200,15 +296,18 @@ def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int]
     return compiled, CompileStats(time.perf_counter() - start, compiled.cache_hit)
 
 
-def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarray] | str | os.PathLike | None = None,
+def compile(program: Program | str | os.PathLike,
+            weights: Mapping[str, np.ndarray] | str | os.PathLike | Beside | None = None,
             *, model: str | None = None, seed: int = 0, schedule: Schedule | None = None, cache: bool = True,
             threads: int | None = None) -> Network:
     """Bind a checked model to its weights.
 
     ``program``: a :class:`Program` or a path to a ``.conv`` file.  ``weights``:
     a dict of arrays named ``LAYER.weight`` / ``LAYER.bias`` in PyTorch layouts,
-    a path to an ``.npz`` holding them, or None for seeded random weights
-    (PyTorch's default initialisation).  Weights are checked against the model
+    a path to an ``.npz`` holding them, None for seeded random weights
+    (PyTorch's default initialisation), or :data:`BESIDE` for the ``.npz``
+    beside the program if there is one, else seeded random ones
+    (``Network.weights_description`` says which).  Weights are checked against the model
     (names, shapes, dtypes) when a binding is compiled: a mismatch raises
     :class:`~convdsl.runtime.boundary.BoundaryError` naming the layer, the expected and
     the found shape.  A model whose input sizes are all fixed (but the batch)
@@ -218,6 +317,9 @@ def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarr
     if not isinstance(program, Program):
         program = load(program)
     m = program.model(model)
+    if isinstance(weights, Beside):
+        beside = weights_beside(program)
+        weights = beside if os.path.isfile(beside) else None
     origin = "weights"
     if isinstance(weights, (str, os.PathLike)):
         origin = os.fspath(weights)
@@ -229,3 +331,30 @@ def compile(program: Program | str | os.PathLike, weights: Mapping[str, np.ndarr
         # Fail early where the weight shapes do not depend on the input size.
         validate_weights(m, m.sizes(), weights, origin)
     return net
+
+
+def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None = None,
+         sizes: Mapping[str, int] | None = None, schedule: Schedule | None = None, cache: bool = True) -> str | bytes:
+    """One stage of the pipeline, as ``convdsl compile --emit STAGE`` writes it.
+
+    ``stage`` is one of ``convdsl.core.stages.STAGES``, in pipeline order: ``ast`` (the syntax
+    tree of the whole file, :func:`convdsl.frontend.ast.format_program`), ``model`` (the checked,
+    flattened model, :func:`convdsl.core.model.format_model`), ``loops`` (the loop IR), ``llvm``
+    (the optimised LLVM IR), ``asm`` (host assembly), all text, and ``obj`` (an ELF object for the
+    host, bytes).  ``model`` picks the model (default: the only or last one); ``sizes`` binds
+    symbolic sizes for the stages from ``loops`` on (default: the smallest valid); ``ast`` and
+    ``model`` are printed symbolic.  No weights are needed.
+    """
+    if stage not in stages.STAGES:
+        raise ValueError(f"unknown stage {stage!r} (the stages: {', '.join(stages.STAGES)})")
+    if not isinstance(program, Program):
+        program = load(program)
+    if stage == "ast":
+        return syntax.format_program(program.ast)
+    m = program.model(model)
+    if stage == "model":
+        return format_model(m)
+    compiled, _ = compile_code(program, m, sizes, schedule=schedule, cache=cache)
+    if stage == "obj":
+        return compiled.object_code()
+    return {"loops": compiled.loops, "llvm": compiled.llvm_ir, "asm": compiled.asm}[stage]

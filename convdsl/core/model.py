@@ -13,11 +13,12 @@ without errors.  Nothing past this point reports user errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Mapping, Union
 
 from .diagnostics import Span
-from .symbolic import Dim, evaluate
+from .symbolic import Dim, evaluate, to_str
+from .text import format_shape
 
 Pair = tuple[int, int]
 
@@ -73,6 +74,48 @@ class Softmax:
 Op = Union[Conv, Pool, GlobalAvgPool, Flatten, Dense, Activation, Softmax]
 
 
+def op_kind(op: Op) -> str:
+    """The op's name as the language spells it (``conv``, ``maxpool``, ``relu``, ...)."""
+    match op:
+        case Conv():
+            return "conv"
+        case Pool(kind=k):
+            return f"{k}pool"
+        case GlobalAvgPool():
+            return "global_avgpool"
+        case Flatten():
+            return "flatten"
+        case Dense():
+            return "dense"
+        case Activation(kind=k):
+            return k
+        case Softmax():
+            return "softmax"
+    raise AssertionError(op)
+
+
+def format_op(op: Op) -> str:
+    """The op with every argument resolved, as the back end receives it.
+
+    ``conv(c_in=1, c_out=6, kernel=(5, 5), stride=(1, 1), padding=(2, 2, 2, 2), dilation=(1, 1),
+    groups=1, bias=true)``: unlike the layer's ``text`` (the arguments as written), defaults are
+    filled in, ``padding=same`` is the four pads it came to, and the field names are those of the
+    op's dataclass here, so that a reader of ``convdsl compile --emit model`` sees exactly what
+    ``check`` decided.  The kind of a pool or an activation is in the name, not repeated.
+    """
+    args = [f"{f.name}={_arg_text(getattr(op, f.name))}" for f in fields(op)
+            if not (f.name == "kind" and isinstance(op, (Pool, Activation)))]
+    return op_kind(op) + (f"({', '.join(args)})" if args else "")
+
+
+def _arg_text(value: object) -> str:
+    if isinstance(value, bool):  # the language's spelling (``bias=false``)
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_arg_text(v) for v in value) + ")"
+    return to_str(value)  # type: ignore[arg-type]  # (an int or a symbolic Dim)
+
+
 def weight_shapes(op: Op) -> dict[str, tuple[Dim, ...]]:
     """PyTorch layouts of the op's parameters, keyed ``weight`` / ``bias``."""
     match op:
@@ -105,22 +148,7 @@ class Layer:
     @property
     def kind(self) -> str:
         """The op's name as the language spells it (``conv``, ``maxpool``, ...)."""
-        match self.op:
-            case Conv():
-                return "conv"
-            case Pool(kind=k):
-                return f"{k}pool"
-            case GlobalAvgPool():
-                return "global_avgpool"
-            case Flatten():
-                return "flatten"
-            case Dense():
-                return "dense"
-            case Activation(kind=k):
-                return k
-            case Softmax():
-                return "softmax"
-        raise AssertionError(self.op)
+        return op_kind(self.op)
 
     def weight_shapes(self) -> dict[str, tuple[Dim, ...]]:
         return {f"{self.name}.{k}": v for k, v in weight_shapes(self.op).items()}
@@ -192,3 +220,38 @@ class ConcreteModel:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return self.layers[-1][2] if self.layers else self.input_shape
+
+
+# ------------------------------------------------------------------ text
+def valid_for_text(m: CheckedModel) -> str:
+    """The input sizes the model accepts, in a sentence: ``valid for H >= 16 (a multiple of 4), W == 32``."""
+    parts = []
+    for s, v in m.valid_for.items():
+        if s in m.fixed:
+            parts.append(f"{s} == {m.fixed[s]}")
+            continue
+        text = f"{s} >= {v}"
+        k = m.multiple_of.get(s, 1)
+        if k > 1:
+            text += f" (a multiple of {k})"
+        parts.append(text)
+    return "valid for " + ", ".join(parts) if parts else "valid for every input (all sizes fixed)"
+
+
+def format_model(m: CheckedModel) -> str:
+    """The checked, flattened model as text: what ``convdsl compile --emit model`` prints.
+
+    A signature line and the sizes the model is valid for, then one line per layer in execution
+    order (block instances expanded, names dotted): the layer's name, its input and output shapes
+    (per the whole batch, symbolic where symbolic) and its op with every argument resolved
+    (:func:`format_op`).  The shapes come before the op so that they line up in columns; the op,
+    of any length, ends the line.  Costs (parameters, MACs) are ``convdsl check``'s table, not this.
+    """
+    rows = [(ly.name, format_shape(ly.in_shape), format_shape(ly.out_shape), format_op(ly.op)) for ly in m.layers]
+    w_name = max((len(r[0]) for r in rows), default=0)
+    w_in = max((len(r[1]) for r in rows), default=0)
+    w_out = max((len(r[2]) for r in rows), default=0)
+    lines = [f"model {m.name}({m.input_name}: {format_shape(m.input_shape)}) -> {format_shape(m.output_shape)}",
+             valid_for_text(m)]
+    lines += [f"  {name:<{w_name}}  {i:<{w_in}} -> {o:<{w_out}}  {op}" for name, i, o, op in rows]
+    return "\n".join(lines) + "\n"

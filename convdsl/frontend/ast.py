@@ -174,3 +174,81 @@ class Program:
     @property
     def blocks(self) -> tuple[Block, ...]:
         return tuple(i for i in self.items if isinstance(i, Block))
+
+
+# ---------------------------------------------------------------- printing
+def format_program(program: Program) -> str:
+    """The syntax tree as indented text: what ``convdsl compile --emit ast`` prints.
+
+    One line per node that a reader thinks of as a unit (a model or block and its parts, a
+    ``where`` constraint, a layer, a ``repeat``), indented by nesting and ending in the node's
+    ``@line:column``.  It shows what the parser built, before any checking: labels only where the
+    source has one (automatic names such as ``sigmoid1`` come from the checker), blocks and
+    ``repeat`` not expanded, argument names such as ``same`` or ``false`` as plain names, and every
+    compound expression in parentheses, so the grouping the parser chose (``(H // 4) - 1``) can be
+    read off rather than recalled from precedence rules.
+    """
+    lines = [f"program {program.file}"]
+    for item in program.items:
+        if isinstance(item, Model):
+            lines.append(f"  model {item.name}{_at(item.span)}")
+            lines.append(f"    input {item.input.name}: {_shape_text(item.input_shape)}")
+            lines.append(f"    output {_shape_text(item.output_shape)}")
+            lines += [f"    where {_constraint_text(c)}{_at(c.span)}" for c in item.where]
+        else:
+            lines.append(f"  block {item.name}({', '.join(p.name for p in item.params)}){_at(item.span)}")
+            if item.signature is not None:
+                lines.append(f"    signature {_shape_text(item.signature[0])} -> {_shape_text(item.signature[1])}")
+        _body_lines(item.body, "    ", lines)
+    return "\n".join(lines) + "\n"
+
+
+def _body_lines(body: tuple[Stmt, ...], indent: str, lines: list[str]) -> None:
+    for stmt in body:
+        if isinstance(stmt, Repeat):
+            lines.append(f"{indent}repeat {_expr_text(stmt.count, top=True)}{_at(stmt.span)}")
+            _body_lines(stmt.body, indent + "  ", lines)
+            continue
+        text = (f"{stmt.label}: " if stmt.label is not None else "") + stmt.op
+        if stmt.args_span is not None:
+            text += "(" + ", ".join(_arg_text(a) for a in stmt.args) + ")"
+        if stmt.declared is not None:
+            text += f" -> {_shape_text(stmt.declared)}"
+        lines.append(f"{indent}layer {text}{_at(stmt.span)}")
+
+
+def _at(span: Span) -> str:
+    return f"  @{span.line}:{span.column}"
+
+
+def _arg_text(arg: Arg) -> str:
+    value = arg.value
+    text = ("(" + ", ".join(_expr_text(e, top=True) for e in value.items) + ")" if isinstance(value, TupleArg)
+            else _expr_text(value, top=True))
+    return text if arg.key is None else f"{arg.key}={text}"
+
+
+def _shape_text(shape: Shape) -> str:
+    return "[" + ", ".join(_expr_text(d, top=True) for d in shape.dims) + "]"
+
+
+def _constraint_text(c: Constraint) -> str:
+    if isinstance(c, Compare):
+        return f"{_expr_text(c.lhs, top=True)} {c.op} {_expr_text(c.rhs, top=True)}"
+    return f"{_expr_text(c.value)} % {_expr_text(c.modulus)} == {_expr_text(c.remainder, top=True)}"
+
+
+def _expr_text(e: Expr, top: bool = False) -> str:
+    """An expression with every operation but the outermost in parentheses."""
+    match e:
+        case Num(value=v):
+            return str(v)
+        case Name(id=name):
+            return name
+        case Neg(operand=x):
+            text = f"-{_expr_text(x)}"
+        case BinOp(op=op, left=a, right=b):
+            text = f"{_expr_text(a)} {op} {_expr_text(b)}"
+        case _:
+            raise AssertionError(e)
+    return text if top else f"({text})"

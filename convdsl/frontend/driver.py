@@ -10,17 +10,24 @@ import os
 from dataclasses import dataclass
 
 from ..core.diagnostics import Diagnostic, Span, error, render_all
+from . import ast
 from .check import CheckResult, check
 from .parse import parse
+from .report import json_report, text_report
 
 
 @dataclass(frozen=True)
 class Checked:
-    """A checked source file: the result plus the text, for rendering diagnostics."""
+    """A checked source file: the result plus the text, for rendering diagnostics.
+
+    ``tree`` is the syntax tree the checker read (None where the file did not parse), kept so that
+    ``convdsl compile --emit ast`` shows the parse that was checked rather than a second one.
+    """
 
     file: str
     text: str
     result: CheckResult
+    tree: ast.Program | None = None
 
     @property
     def ok(self) -> bool:
@@ -29,6 +36,14 @@ class Checked:
     def render(self, diagnostics: tuple[Diagnostic, ...] | None = None) -> str:
         diags = self.result.diagnostics if diagnostics is None else diagnostics
         return render_all(diags, {self.file: self.text})
+
+    def summary(self) -> str:
+        """The per-model tables ``convdsl check`` prints (layers, shapes, parameters, MACs, valid sizes)."""
+        return text_report(self.result)
+
+    def to_json(self) -> dict:
+        """The object ``convdsl check --json`` prints (its form is fixed by the CLI contract)."""
+        return json_report(self.result)
 
 
 def check_source(text: str, file: str = "<input>") -> Checked:
@@ -40,7 +55,7 @@ def check_source(text: str, file: str = "<input>") -> Checked:
     result = check(program)
     if diags:
         result = CheckResult(result.models, tuple(diags) + result.diagnostics)
-    return Checked(file, text, result)
+    return Checked(file, text, result, program)
 
 
 def read_source(path: str | os.PathLike) -> str:

@@ -9,18 +9,10 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..core import symbolic as sy
-from ..core.model import CheckedModel, Conv, Layer
+from ..core.model import CheckedModel, Conv, Layer, valid_for_text
 from ..core.symbolic import Dim
+from ..core.text import format_shape
 from .check import CheckResult
-
-
-def format_seconds(seconds: float) -> str:
-    """A duration with a unit a person reads at a glance (µs, ms or s)."""
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
 
 
 def _num(d: Dim) -> str:
@@ -66,33 +58,15 @@ def macs_text(layers: Iterable[Layer]) -> str | int:
     return " + ".join(terms + ([str(const)] if const else []))
 
 
-def _shape(shape: Iterable[Dim]) -> str:
-    return "[" + ", ".join(sy.to_str(d) for d in shape) + "]"
-
-
 def _macs(v: int | str) -> str:
     return f"{v:,}" if isinstance(v, int) else v
-
-
-def valid_for_text(m: CheckedModel) -> str:
-    parts = []
-    for s, v in m.valid_for.items():
-        if s in m.fixed:
-            parts.append(f"{s} == {m.fixed[s]}")
-            continue
-        text = f"{s} >= {v}"
-        k = m.multiple_of.get(s, 1)
-        if k > 1:
-            text += f" (a multiple of {k})"
-        parts.append(text)
-    return "valid for " + ", ".join(parts) if parts else "valid for every input (all sizes fixed)"
 
 
 def summary_table(m: CheckedModel) -> str:
     """A torchinfo-like table: name, op, output shape, params, MACs per image."""
     head = ("layer", "op", "output shape", "params", "MACs/image")
-    rows = [(ly.name, ly.text, _shape(ly.out_shape), _num(ly.params), _macs(macs_text([ly]))) for ly in m.layers]
-    total = ("total", "", _shape(m.output_shape), _num(m.params), _macs(macs_text(m.layers)))
+    rows = [(ly.name, ly.text, format_shape(ly.out_shape), _num(ly.params), _macs(macs_text([ly]))) for ly in m.layers]
+    total = ("total", "", format_shape(m.output_shape), _num(m.params), _macs(macs_text(m.layers)))
     widths = [max(len(r[i]) for r in [head, *rows, total]) for i in range(5)]
 
     def line(r: tuple[str, ...]) -> str:
@@ -101,7 +75,7 @@ def summary_table(m: CheckedModel) -> str:
         ).rstrip()
 
     rule = "-" * len(line(tuple(" " * w for w in widths)).ljust(sum(widths) + 8))
-    sig = f"model {m.name}({m.input_name}: {_shape(m.input_shape)}) -> {_shape(m.output_shape)}"
+    sig = f"model {m.name}({m.input_name}: {format_shape(m.input_shape)}) -> {format_shape(m.output_shape)}"
     out = [sig, rule, line(head), rule, *(line(r) for r in rows), rule, line(total), rule, valid_for_text(m)]
     return "\n".join(out)
 

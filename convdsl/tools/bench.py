@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -44,7 +45,17 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from ..frontend.report import format_seconds
+from ..core.text import format_seconds
+from .common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    UsageError,
+    check_size_option,
+    load_program,
+    parse_sizes,
+    pick_model,
+    weights_option,
+)
 
 ENGINES = ("convdsl", "torch", "torch-compile", "onnxruntime", "numpy")
 COMPETITORS = ENGINES[1:]
@@ -554,14 +565,13 @@ def host_info() -> dict:
         pass
     info.setdefault("cpu", platform.processor() or platform.machine())
     try:
-        import llvmlite.binding as llvm
+        from .. import host_cpu
 
-        llvm.initialize_native_target()
-        info["llvm_cpu"] = llvm.get_host_cpu_name()
-        feats = llvm.get_host_cpu_features()
+        cpu = host_cpu()
+        info["llvm_cpu"] = cpu.name
         wanted = ("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni",
                   "avx512bf16", "amx-tile", "neon", "sve")
-        info["features"] = [f for f in wanted if feats.get(f)]
+        info["features"] = [f for f in wanted if f in cpu.features]
     except Exception:  # noqa: BLE001 - host description is best effort
         pass
     info["blas"] = _blas_info()
@@ -586,8 +596,6 @@ class Options:
 
 
 def _int_list(text: str, what: str) -> list[int]:
-    from .cli import UsageError
-
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -603,8 +611,6 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _engine_list(text: str) -> list[str]:
-    from .cli import UsageError
-
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -617,29 +623,12 @@ def _engine_list(text: str) -> list[str]:
     return out
 
 
-def _load_weights(args, model, env):
-    """(weights dict, description) from --weights, FILE.npz beside the program, or seeded random."""
-    from ..runtime.boundary import load_weights, random_weights, validate_weights
-    from .cli import UsageError
-
-    if args.weights is not None:
-        if not os.path.exists(args.weights):
-            raise UsageError(f"no such weights file: {args.weights}")
-        path = args.weights
-    else:
-        beside = os.path.splitext(args.file)[0] + ".npz"
-        path = beside if os.path.exists(beside) else None
-    if path is None:
-        return random_weights(model, env, args.seed), f"seeded random (PyTorch's default initialisation, seed {args.seed})"
-    return validate_weights(model, env, load_weights(path), path), path
-
-
 def _progress(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .cli import EXIT_INPUT, EXIT_OK, UsageError, _pick_model, _program, _sizes
+    import convdsl
 
     opts = Options(
         batches=_int_list(args.batch, "--batch"),
@@ -653,20 +642,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--seconds must be positive")
     if opts.peak_size is not None and opts.peak_size < 16:
         raise UsageError("--peak-size must be at least 16")
-    sizes = _sizes(args.size)
-    program = _program(args.file)
-    model = _pick_model(program, args.model)
-
-    from ..runtime.boundary import BoundaryError, check_sizes
-
-    env = model.sizes(sizes)
+    sizes = parse_sizes(args.size)
+    program = load_program(args.file)
+    model = pick_model(program, args.model)
+    env = check_size_option(model, sizes)
+    weights = weights_option(args.weights)
+    _progress(f"compiling {model.name} with convdsl")
     try:
-        check_sizes(model, env, "--size")
-        weights, wdesc = _load_weights(args, model, env)
-    except BoundaryError as e:
+        net = convdsl.compile(program, weights, model=model.name, seed=args.seed)
+        arrays = net.weights(env)  # the competitors are built from the very arrays convdsl runs with
+    except convdsl.BoundaryError as e:
         print(f"convdsl: error: {e}", file=sys.stderr)
         return EXIT_INPUT
-    report = run_bench(program, model, env, weights, wdesc, opts, quiet=False)
+    report = run_bench(net, env, arrays, opts, quiet=False)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -674,25 +662,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_bench(program, model, env: Mapping[str, int], weights: Mapping[str, Any], wdesc: str, opts: Options,
-              quiet: bool = True) -> dict:
-    """Run the whole benchmark; return the report (the ``--json`` object)."""
+def run_bench(net, env: Mapping[str, int], weights: Mapping[str, Any], opts: Options, quiet: bool = True) -> dict:
+    """Run the whole benchmark of ``net`` (a :class:`convdsl.Network`) at sizes ``env``; return the report
+    (the ``--json`` object).  ``weights`` are ``net.weights(env)``, passed in so that they are made once."""
     import numpy as np
 
-    from ..api import compile as compile_network
     from ..core import symbolic as sy
 
+    program, model = net.program, net.model
     say = (lambda m: None) if quiet else _progress
     cm = model.bind(env)
     full = {**env, "N": 1}
     macs = int(sy.evaluate(model.macs, full))
     params = int(sy.evaluate(model.params, full))
 
-    say(f"compiling {model.name} with convdsl")
-    net = compile_network(program, dict(weights), model=model.name, seed=opts.seed)
-    t0 = time.perf_counter()
     net.bind(env)
-    convdsl_compile_s = time.perf_counter() - t0
+    convdsl_compile_s = net.last_compile.seconds  # (this binding's: compiled now, or by convdsl.compile)
 
     engines: list[Engine] = [_convdsl_engine(net)]
     skipped: dict[str, str] = {}
@@ -748,7 +733,7 @@ def run_bench(program, model, env: Mapping[str, int], weights: Mapping[str, Any]
         "file": program.file,
         "macs": macs,
         "params": params,
-        "weights": wdesc,
+        "weights": net.weights_description,
         "input": f"seeded random uniform [0, 1) (seed {opts.seed}), shape [B, {', '.join(map(str, shape[1:]))}]",
         "peak_gflops": peak["gflops"],
         "peak": {"what": "numpy float32 matmul n x n, 2 n^3 / median time", "n": peak["n"],
@@ -872,21 +857,25 @@ def _summary(results: list[dict]) -> list[dict]:
 
 # ====================================================================== --layers
 def _layer_times(program, model, env, net, weights, x, batch, threads, opts, say) -> dict:
-    """Median time of the network cut after every layer, alternating; per-layer = differences."""
-    from ..api import compile_code
-    from ..runtime.boundary import validate_weights
+    """Median time of the network cut after every layer, alternating; per-layer = differences.
+
+    Each prefix is a network of its own (``convdsl.Network`` of the model's first k layers, with
+    their share of the weights), called as the full network is, so the Python overhead of a call is
+    the same in every prefix and cancels in the differences.
+    """
+    from ..api import Network
 
     say(f"  per-layer times (prefixes) for batch {batch}, {threads} thread{'s' if threads != 1 else ''}")
-    w = validate_weights(model, env, weights)
     calls: dict[str, Callable[[], Any]] = {}
     names = []
     for k, layer in enumerate(model.layers):
         prefix = replace(model, layers=model.layers[:k + 1], output_shape=layer.out_shape)
-        compiled, _ = compile_code(program, prefix, env, schedule=net.schedule, cache=net.cache)
-        packed = compiled.pack_weights(w)
+        part = {key: weights[key] for key in prefix.weight_shapes()}
+        pnet = Network(program, prefix, part, net.weights_origin, schedule=net.schedule, cache=net.cache)
+        pnet.bind(env)
         key = f"{k}:{layer.name}"
         names.append((key, layer))
-        calls[key] = (lambda c=compiled, p=packed: c.run(x, p, threads=threads))
+        calls[key] = functools.partial(pnet, x, threads=threads)
     ests = {}
     with _no_gc():
         for key, fn in calls.items():
@@ -903,14 +892,12 @@ def _layer_times(program, model, env, net, weights, x, batch, threads, opts, say
                      "shape": [str(d) for d in layer.out_shape], "cumulative_s": med, "layer_s": med - prev})
         prev = med
     result = {"batch": batch, "threads": threads, "rows": rows}
-    # The back end's own per-stage cycle counters, where it has them (one thread only).
-    binding = net.bind(env)
-    profile = getattr(binding.compiled, "profile", None)
-    if threads == 1 and profile is not None:
+    # The back end's own per-stage cycle counters (one thread only).
+    if threads == 1:
         try:
             reps = opts.repeat if opts.repeat is not None else max(3, min(1000, counts[names[-1][0]]))
-            stages = profile(x, binding.packed, repeat=reps)
-        except Exception as e:  # noqa: BLE001 - optional and new: report, never fail the benchmark
+            stages = net.profile(x, repeat=reps)
+        except Exception as e:  # noqa: BLE001 - optional: report, never fail the benchmark
             result["native_error"] = f"{type(e).__name__}: {e}"
         else:
             for row in rows:

@@ -2,6 +2,12 @@
 
 Exit status: 0 success, 1 the program or its inputs are wrong (printed as a
 diagnostic), 2 a usage error (bad option, missing file).
+
+Each subcommand reads its options, calls the public API (``convdsl``,
+``convdsl.api``) and prints what it returns; the rules (which weights, which
+sizes, what a stage looks like) live in the API, so that the command and a
+Python user get the same answers.  What the subcommands share is in
+:mod:`convdsl.tools.common`.
 """
 
 from __future__ import annotations
@@ -13,18 +19,21 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from ..frontend import Checked, check_file
-from ..frontend.report import format_seconds
-
-EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    pass
-
-
-class InputError(Exception):
-    """The program or its inputs are wrong; the message (if any) was not printed yet."""
+from ..core import stages
+from ..core.text import format_seconds
+from .common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputError,
+    UsageError,
+    check_size_option,
+    check_source_file,
+    load_program,
+    parse_sizes,
+    pick_model,
+    weights_option,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,27 +43,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _source(path: str) -> Checked:
-    if not os.path.exists(path):
-        raise UsageError(f"no such file: {path}")
-    if os.path.isdir(path):
-        raise UsageError(f"{path} is a directory, not a .conv file")
-    try:
-        return check_file(path)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..frontend.report import json_report, text_report
-
-    checked = _source(args.file)
+    checked = check_source_file(args.file)
     result = checked.result
     args.exit_status = EXIT_OK if result.ok else EXIT_INPUT  # kept if the reader closes the pipe
     if args.json:
-        print(json.dumps(json_report(result), indent=2))
+        print(json.dumps(checked.to_json(), indent=2))
     else:
-        text = text_report(result) if result.ok else ""
+        text = checked.summary() if result.ok else ""
         if text:
             print(text)
         if result.diagnostics:
@@ -66,51 +62,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_INPUT
 
 
-def _program(path: str):
-    """Load and check a program for run/compile; errors print as diagnostics (exit 1)."""
-    from ..api import Program
+def _fits_digits(model) -> bool:
+    """Whether the model takes the bundled digits as they are: ``[N, 1, 28, 28]`` (sizes of 28 allowed)."""
+    from ..api import BoundaryError, resolve_sizes
 
-    checked = _source(path)
-    if not checked.ok:
-        print(checked.render(), file=sys.stderr)
-        raise InputError(None)
-    if checked.result.warnings:
-        print(checked.render(checked.result.warnings), file=sys.stderr)
-    return Program(checked)
-
-
-def _pick_model(program, name: str | None):
+    shape = model.input_shape
+    if len(shape) != 4 or shape[1] != 1 or any(isinstance(d, int) and d != 28 for d in shape[2:]):
+        return False
     try:
-        return program.model(name)
-    except KeyError as e:
-        raise UsageError(e.args[0]) from None
-
-
-def _check_size_option(model, sizes: dict[str, int]) -> dict[str, int]:
-    """``--size`` values against the model (a bad value is a usage error); all sizes to use."""
-    from ..runtime.boundary import BoundaryError, check_sizes
-
-    if "N" in sizes:
-        raise UsageError("--size sets H, W and other symbols; the batch size N is --batch")
-    env = model.sizes(sizes)
-    try:
-        check_sizes(model, env, "--size")
-    except BoundaryError as e:
-        raise UsageError(str(e)) from None
-    return env
-
-
-def _sizes(text: str | None) -> dict[str, int]:
-    """``--size H=64,W=48`` -> {"H": 64, "W": 48}."""
-    out: dict[str, int] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        key, eq, val = part.partition("=")
-        if not eq or not key.strip().isidentifier() or not val.strip().lstrip("-").isdigit():
-            raise UsageError(f"--size takes NAME=INT pairs separated by commas, not {part!r}")
-        out[key.strip()] = int(val)
-    return out
+        resolve_sizes(model, {str(d): 28 for d in shape[2:] if not isinstance(d, int)})
+    except BoundaryError:
+        return False
+    return True
 
 
 def _default_input(model, args, sizes):
@@ -120,12 +83,7 @@ def _default_input(model, args, sizes):
     from ..core import symbolic as sy
     from ..data import load_digits
 
-    shape = model.input_shape
-    fits = len(shape) == 4 and shape[1] == 1 and all(
-        d == 28 or (not isinstance(d, int) and sy.free_symbols(d) <= {"H", "W"} and 28 >= model.valid_for.get(str(d), 1)
-                    and 28 % model.multiple_of.get(str(d), 1) == 0 and model.fixed.get(str(d), 28) == 28)
-        for d in shape[2:])
-    if fits and not sizes:
+    if _fits_digits(model) and not sizes:
         images, labels = load_digits()
         note = ""
         if args.batch is not None:  # asked for a batch size: the first B digits
@@ -135,20 +93,47 @@ def _default_input(model, args, sizes):
         k = len(images)
         return images, labels, (f"{k} bundled handwritten digit{'s' if k != 1 else ''} (held-out part of "
                                 f"scikit-learn's load_digits){note}")
-    env = _check_size_option(model, sizes)
+    env = check_size_option(model, sizes)
     batch = args.batch or 1
-    dims = [batch] + [sy.evaluate(d, {**env, "N": batch}) for d in shape[1:]]
+    dims = [batch] + [sy.evaluate(d, {**env, "N": batch}) for d in model.input_shape[1:]]
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal(dims, dtype=np.float32)
     return x, None, f"a random batch of {batch} (seed {args.seed}), shape {list(dims)}"
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _read_input(path: str, sizes: dict[str, int]):
+    """``--input X.npy``: one array, read without unpickling; its problems are input errors."""
     import numpy as np
 
-    from ..api import compile as compile_network
-    from ..backend.schedule import Schedule
-    from ..runtime.boundary import BoundaryError, load_weights
+    from ..api import BoundaryError
+
+    if not os.path.exists(path):
+        raise UsageError(f"no such input file: {path}")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise BoundaryError(f"{path}: not a .npy array file (save one with numpy.save)")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BoundaryError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(x, np.ndarray):
+        raise BoundaryError(f"{path}: holds several arrays; --input takes one .npy array")
+    if sizes:
+        raise UsageError("--size sets the sizes of a random batch; with --input the array's shape gives them")
+    if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum()) if x.ndim else 1
+        print(f"warning: {path}: {bad} image{'s' if bad != 1 else ''} hold NaN or infinite values; "
+              "their outputs will be NaN or infinite", file=sys.stderr)
+    return x, f"{path}, shape {list(x.shape)}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    import convdsl
+    from ..api import weights_beside
 
     if args.batch is not None and args.batch < 1:
         raise UsageError("--batch must be at least 1")
@@ -156,88 +141,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--threads must be at least 1")
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
-    sizes = _sizes(args.size)
+    sizes = parse_sizes(args.size)
     if args.output:
         folder = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write --output {args.output}: no writable directory {folder}")
-    program = _program(args.file)
-    model = _pick_model(program, args.model)
+    program = load_program(args.file)
+    model = pick_model(program, args.model)
+    weights = weights_option(args.weights)
     try:
-        if args.weights is not None:
-            if not os.path.exists(args.weights):
-                raise UsageError(f"no such weights file: {args.weights}")
-            weights, wdesc = load_weights(args.weights), args.weights
-        else:
-            beside = os.path.splitext(args.file)[0] + ".npz"
-            if os.path.exists(beside):
-                weights, wdesc = load_weights(beside), beside
-            else:
-                weights, wdesc = None, None
-        if wdesc is None:
-            print(f"no weights given and no {os.path.basename(os.path.splitext(args.file)[0])}.npz beside the "
-                  f"program: using seeded random weights (PyTorch's default initialisation, seed {args.seed})")
-        else:
-            print(f"weights: {wdesc}")
         labels = None
         if args.input is not None:
-            if not os.path.exists(args.input):
-                raise UsageError(f"no such input file: {args.input}")
-            with open(args.input, "rb") as f:
-                if f.read(6) != b"\x93NUMPY":
-                    raise BoundaryError(f"{args.input}: not a .npy array file (save one with numpy.save)")
-            try:
-                x = np.load(args.input, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise BoundaryError(f"{args.input}: not a readable .npy array ({e})") from None
-            if not isinstance(x, np.ndarray):
-                raise BoundaryError(f"{args.input}: holds several arrays; --input takes one .npy array")
-            if sizes:
-                raise UsageError("--size sets the sizes of a random batch; with --input the array's shape "
-                                 "gives them")
-            desc = f"{args.input}, shape {list(x.shape)}"
-            if x.dtype.kind == "f" and x.size and not np.isfinite(x).all():
-                bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum()) if x.ndim else 1
-                print(f"warning: {args.input}: {bad} image{'s' if bad != 1 else ''} hold NaN or infinite values; "
-                      "their outputs will be NaN or infinite", file=sys.stderr)
+            x, desc = _read_input(args.input, sizes)
         else:
             x, labels, desc = _default_input(model, args, sizes)
-        print(f"input: {desc}")
-        net = compile_network(program, weights, model=model.name, seed=args.seed, cache=not args.no_cache,
+        # compiles here where the sizes are fixed, else on the first call (which checks x first)
+        net = convdsl.compile(program, weights, model=model.name, seed=args.seed, cache=not args.no_cache,
                               threads=args.threads)
-        if wdesc is not None:
-            net.weights_origin = wdesc
-        from ..runtime.boundary import bind_input
-
-        arr, env = bind_input(model, x, args.input or "input")
-        env.pop("N", None)
-        binding = net.bind(env)
-        stats = binding.stats
+        if net.random_weights:
+            beside = os.path.basename(weights_beside(program))
+            print(f"no weights given and no {beside} beside the program: using {net.weights_description}")
+        else:
+            print(f"weights: {net.weights_description}")
+        print(f"input: {desc}")
+        y = net(x)
+        stats = net.last_compile
         how = "loaded from the compile cache" if stats.cache_hit else "compiled with LLVM"
-        sched = Schedule.for_host() if net.schedule is None else net.schedule
-        import llvmlite.binding as llvm
-
-        from ..backend.jit import host_target_machine  # noqa: F401  (imported for the CPU name below)
-
-        print(f"{how} in {format_seconds(stats.seconds)} (model {model.name}, host {llvm.get_host_cpu_name()}, "
-              f"{sched.vector_width}-lane vectors)")
-        import time
-
-        y = net(arr)
+        print(f"{how} in {format_seconds(stats.seconds)} (model {model.name}, host {convdsl.host_cpu().name}, "
+              f"{net.schedule.vector_width}-lane vectors)")
+        arr = np.ascontiguousarray(x, dtype=np.float32)  # (as net(x) took it: the timed calls take the fast path)
         times = []
         for _ in range(args.repeat):
             t = time.perf_counter()
             net(arr)
             times.append(time.perf_counter() - t)
-        times.sort()
-        med = times[len(times) // 2]
-        n = arr.shape[0]
-        print(f"run time: {format_seconds(med)} for {n} image{'s' if n != 1 else ''} "
-              f"({format_seconds(med / n)} per image, median of {args.repeat}, {net.threads} thread"
-              f"{'s' if net.threads != 1 else ''})")
-    except BoundaryError as e:
+    except convdsl.BoundaryError as e:
         print(f"convdsl: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    times.sort()
+    med = times[len(times) // 2]
+    n = arr.shape[0]
+    print(f"run time: {format_seconds(med)} for {n} image{'s' if n != 1 else ''} "
+          f"({format_seconds(med / n)} per image, median of {args.repeat}, {net.threads} thread"
+          f"{'s' if net.threads != 1 else ''})")
     print(f"output: shape {list(y.shape)}, float32")
     rows = min(len(y), 3)
     with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=60, edgeitems=5):
@@ -264,21 +210,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from ..api import compile_code
+    """``--emit STAGE``: one stage of the pipeline (:func:`convdsl.emit`), to ``-o OUT`` or stdout."""
+    import convdsl
 
-    program = _program(args.file)
-    model = _pick_model(program, args.model)
-    sizes = _sizes(args.size)
-    _check_size_option(model, sizes)
-    compiled, _ = compile_code(program, model, sizes, cache=not args.no_cache)
-    if args.emit == "obj":
-        data = compiled.object_code()
-        out = args.output or os.path.splitext(os.path.basename(args.file))[0] + ".o"
-    else:
-        data = (compiled.llvm_ir if args.emit == "llvm" else compiled.asm).encode()
-        out = args.output
-    if out is None or out == "-":
-        sys.stdout.write(data.decode())
+    program = load_program(args.file)
+    model = pick_model(program, args.model)
+    sizes = check_size_option(model, parse_sizes(args.size))
+    data = convdsl.emit(program, args.emit, model=model.name, sizes=sizes, cache=not args.no_cache)
+    out = args.output
+    if args.emit == "obj" and out is None:  # machine code is not for a terminal
+        out = os.path.splitext(os.path.basename(args.file))[0] + ".o"
+    if isinstance(data, str):
+        if out is None or out == "-":
+            sys.stdout.write(data)
+            return EXIT_OK
+        data = data.encode()
+    elif out == "-":
+        sys.stdout.buffer.write(data)
         return EXIT_OK
     try:
         with open(out, "wb") as f:
@@ -318,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
     r.set_defaults(func=cmd_run)
 
-    k = sub.add_parser("compile", help="write the optimised LLVM IR, assembly or an object file")
+    k = sub.add_parser("compile", help="write a stage of the pipeline: the syntax tree, the checked model, the "
+                       "loop IR, the optimised LLVM IR, assembly or an object file")
     k.add_argument("file", metavar="FILE.conv")
-    k.add_argument("--emit", choices=("llvm", "asm", "obj"), required=True)
+    k.add_argument("--emit", choices=stages.STAGES, required=True,
+                   help="what to write: a stage of the pipeline as text (ast, model, loops), the optimised "
+                   "LLVM IR (llvm), host assembly (asm) or an object file (obj)")
     k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj)")
     k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
     k.add_argument("--size", metavar="H=..,W=..", help="bind symbolic sizes (default: the smallest valid)")

@@ -1,0 +1,12 @@
+"""The outputs of the pipeline by name, in pipeline order: what :func:`convdsl.emit` produces and
+``convdsl compile --emit`` accepts.
+
+The list lives here, apart from the API that produces the outputs, so that the command line can
+offer it as ``--emit``'s choices without loading numpy or LLVM (``convdsl check`` builds the same
+parser).  ``TEXT`` stages print as text; ``obj`` is machine code.
+"""
+
+from __future__ import annotations
+
+TEXT = ("ast", "model", "loops", "llvm", "asm")
+STAGES = TEXT + ("obj",)
