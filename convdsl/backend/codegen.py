@@ -1,6 +1,6 @@
 """Code generation: a verified loop-IR program becomes an ``llvmlite.ir.Module``.
 
-Precondition: ``loopir.verify(prog)`` passes.  Built with ``llvmlite.ir``
+Precondition: ``backend.verify.verify(prog)`` passes.  Built with ``llvmlite.ir``
 builders only (the single textual piece is the rendering of string function
 attributes such as ``"prefer-vector-width"="256"``, which ``llvmlite.ir``
 does not model).
@@ -139,6 +139,29 @@ class _FnGen:
         self.loop_id = 0
         self.assigned: set[str] = set()  # locals that some Assign changes (those get a stack slot)
         self.consts: dict[int, ir.Constant] = {}
+        # bounds-checked code (codegen(check_bounds=True)): the batch size the caller's arrays hold,
+        # every buffer's size, and the name of the kernel for the message
+        self.checked_n: ir.Value | None = None
+        self.sizes: dict[str, L.Buffer] = {}
+        self.where = fn.name
+
+    def guard(self, kind: str, name: str, idx: ir.Value, width: int) -> None:
+        """Trap unless ``buf[idx : idx + width]`` lies inside buffer ``name`` (checked code only)."""
+        if self.checked_n is None:
+            return
+        b, buf = self.b, self.sizes[name]
+        size = (b.mul(self.checked_n, ir.Constant(I64, buf.size)) if buf.kind in ("input", "output")
+                else ir.Constant(I64, buf.size))
+        end = b.add(idx, ir.Constant(I64, width))
+        bad = b.or_(b.icmp_signed("<", idx, ir.Constant(I64, 0)), b.icmp_signed(">", end, size))
+        self.loop_id += 1
+        fail = self.fn.append_basic_block(f"oob{self.loop_id}")
+        ok = self.fn.append_basic_block(f"inb{self.loop_id}")
+        b.cbranch(bad, fail, ok)
+        b.position_at_end(fail)
+        _report_and_trap(self.module, b, f"convdsl: out-of-bounds {kind} of {width} float{'s' if width > 1 else ''} "
+                                          f"in kernel {self.where}, buffer {name} ({buf.kind})\n")
+        b.position_at_end(ok)
 
     def block_of_function(self, body: tuple[L.Stmt, ...]) -> None:
         self.assigned = {s.name for s in _walk(body) if isinstance(s, L.Assign)}
@@ -300,7 +323,9 @@ class _FnGen:
             case L.FConst(value=x, width=w):
                 return self.const(x, w)
             case L.Load(buf=name, index=i, width=w):
-                p = b.gep(self.ptrs[name], [self.index(i)], inbounds=True, source_etype=F32)
+                idx = self.index(i)
+                self.guard("load", name, idx, w)  # (in checked code: moves the builder on)
+                p = b.gep(self.ptrs[name], [idx], inbounds=True, source_etype=F32)
                 return b.load(p, typ=_vec(w), align=4)
             case L.Broadcast(value=x, width=w):
                 return self.splat(self.value(x), w)
@@ -417,7 +442,9 @@ class _FnGen:
                 b.store(self.value(e), slot)
             case L.Store(buf=name, index=i, value=e, lanes=k):
                 val = self.value(e)
-                p = b.gep(self.ptrs[name], [self.index(i)], inbounds=True, source_etype=F32)
+                idx = self.index(i)
+                self.guard("store", name, idx, k or self.width_of(val))
+                p = b.gep(self.ptrs[name], [idx], inbounds=True, source_etype=F32)
                 if k and k < self.width_of(val):
                     for lane in range(k):  # a partial vector: its lanes one by one
                         q = b.gep(p, [ir.Constant(I64, lane)], inbounds=True, source_etype=F32)
@@ -427,6 +454,8 @@ class _FnGen:
             case L.Call(kernel=k, args=args, timer=t):
                 fn, bufs = self.kernels[k]
                 argv = [self.ptrs[x] for x in bufs] + [self.index(a) for a in args]
+                if self.checked_n is not None:
+                    argv.append(self.checked_n)
                 if t < 0:
                     b.call(fn, argv)
                     return
@@ -476,11 +505,13 @@ def _arena_ptrs(g: _FnGen, prog: L.Program, x: ir.Value, y: ir.Value, w: ir.Valu
 
 
 def _stage_entry(module: ir.Module, prog: L.Program, k: int, kernel: str, extent: int,
-                 kernels: dict[str, tuple[ir.Function, tuple[str, ...]]]) -> ir.Function:
+                 kernels: dict[str, tuple[ir.Function, tuple[str, ...]]], check_bounds: bool = False) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 4 + [I64] * 4), name=stage_name(prog, k))
     _attrs(fn, prog)
     x, y, w, s, n0, nt, r0, r1 = fn.args
     g = _FnGen(module, fn, {}, {"n0": n0, "nt": nt, "r0": r0, "r1": r1}, kernels)
+    if check_bounds:  # (the caller's arrays hold at least the n0 + nt images this stage is given)
+        g.checked_n, g.sizes = g.b.add(n0, nt), {b.name: b for b in prog.buffers}
     _arena_ptrs(g, prog, x, y, w, s)
     args = (L.IVar("n0"), L.IVar("nt"), *((L.IVar("r0"), L.IVar("r1")) if extent else ()))
     g.block_of_function((L.Call(kernel, args),))
@@ -537,6 +568,20 @@ def _spin_pause(b: ir.IRBuilder, module: ir.Module) -> None:
     sched_yield = _sched_yield(module)
     if sched_yield is not None:
         b.call(sched_yield, [])
+
+
+def _report_and_trap(module: ir.Module, b: ir.IRBuilder, message: str) -> None:
+    """``write(2, message)``, then ``llvm.trap``: a crash that says where, without Python."""
+    data = bytearray(message.encode())
+    name = f"oob.msg{len([g for g in module.globals if g.startswith('oob.msg')])}"
+    text = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), name=name)
+    text.global_constant, text.linkage = True, "private"
+    text.initializer = ir.Constant(ir.ArrayType(ir.IntType(8), len(data)), data)
+    write = module.globals.get("write") or ir.Function(module, ir.FunctionType(I64, [I32, PTR, I64]), name="write")
+    trap = module.globals.get("llvm.trap") or ir.Function(module, ir.FunctionType(ir.VoidType(), []), name="llvm.trap")
+    b.call(write, [ir.Constant(I32, 2), b.bitcast(text, PTR), ir.Constant(I64, len(data))])
+    b.call(trap, [])
+    b.unreachable()
 
 
 def _i64_at(b: ir.IRBuilder, p: ir.Value, i: int) -> ir.Value:
@@ -679,12 +724,26 @@ def _sched_yield(module: ir.Module) -> ir.Function | None:
         module, ir.FunctionType(ir.IntType(32), []), name="sched_yield")
 
 
-def codegen(prog: L.Program) -> ir.Module:
-    """The LLVM module of ``prog``; its entry point is :func:`entry_name` ``(prog)``."""
+def codegen(prog: L.Program, check_bounds: bool = False) -> ir.Module:
+    """The LLVM module of ``prog``; its entry point is :func:`entry_name` ``(prog)``.
+
+    ``check_bounds``: a debugging build in which every load and store is checked against its
+    buffer at run time (every kernel also takes the batch size ``n`` the caller's arrays hold, as
+    a last argument); an access outside writes which kernel and buffer to stderr and traps.  The
+    verifier already proves the accesses in bounds (:mod:`.bounds`): this checks the proof, and
+    codegen, on real runs."""
     module = ir.Module(name=prog.name)
     kernels: dict[str, tuple[ir.Function, tuple[str, ...]]] = {}
+    extra = [I64] if check_bounds else []
+    sizes = {b.name: b for b in prog.buffers}
+
+    def checked(g: _FnGen, n: ir.Value) -> _FnGen:
+        if check_bounds:
+            g.checked_n, g.sizes = n, sizes
+        return g
+
     for k in prog.kernels:
-        fty = ir.FunctionType(ir.VoidType(), [PTR] * len(k.buffers) + [I64] * len(k.params))
+        fty = ir.FunctionType(ir.VoidType(), [PTR] * len(k.buffers) + [I64] * len(k.params) + extra)
         fn = ir.Function(module, fty, name=f"{prog.name}.{k.name}")
         fn.linkage = "internal"
         _attrs(fn, prog)
@@ -699,7 +758,7 @@ def codegen(prog: L.Program) -> ir.Module:
         fn, _ = kernels[k.name]
         ptrs = dict(zip(k.buffers, fn.args))
         ints = dict(zip(k.params, fn.args[len(k.buffers):]))
-        g = _FnGen(module, fn, ptrs, ints, kernels)
+        g = checked(_FnGen(module, fn, ptrs, ints, kernels), fn.args[-1])
         g.block_of_function(k.body)
         g.finish()
 
@@ -711,12 +770,13 @@ def codegen(prog: L.Program) -> ir.Module:
     for arg in fn.args[:4]:
         arg.add_attribute("noalias")
     x, y, w, s, n = fn.args
-    g = _FnGen(module, fn, {}, {"n": n}, kernels)
+    g = checked(_FnGen(module, fn, {}, {"n": n}, kernels), n)
     _arena_ptrs(g, prog, x, y, w, s)
     g.block_of_function(prog.entry)
     g.finish()
     _arrays_entry(module, prog, fn)
-    stage_fns = [_stage_entry(module, prog, k, kn, extent, kernels) for k, (kn, extent) in enumerate(prog.stages)]
+    stage_fns = [_stage_entry(module, prog, k, kn, extent, kernels, check_bounds)
+                 for k, (kn, extent) in enumerate(prog.stages)]
     _team(module, prog, fn, stage_fns)
     if any(b.name == L.PROFILE_BUFFER for b in prog.buffers):
         fn = ir.Function(module, ir.FunctionType(I64, []), name=cycles_name(prog))

@@ -9,6 +9,8 @@ Looking inside while compiling:
 
 * every build records how long each stage took (``Build.timings``; printed by
   :func:`format_timings`, as LLVM's ``-time-passes``);
+* ``CONVDSL_CHECK_BOUNDS=1`` compiles every load and store checked against
+  its buffer (a trap that names the kernel and buffer), for debugging;
 * ``CONVDSL_DUMP=plan,loops,llvm`` writes those stages of every model compiled
   to ``CONVDSL_DUMP_DIR`` (default ``./convdsl-dump``), one file per stage,
   named by model and cache key (``llvm`` is the optimised IR).
@@ -45,9 +47,14 @@ class Build:
     timings: tuple[tuple[str, float], ...] = ()  # (stage, seconds), in pipeline order
 
 
-def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None) -> Build:
+def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None,
+          check_bounds: bool | None = None) -> Build:
     """Compile ``cm`` under ``schedule``; with ``source`` (the program's text, part of the key) the
-    native code comes from, and goes to, the disk cache."""
+    native code comes from, and goes to, the disk cache.  ``check_bounds`` (default: the
+    environment's ``CONVDSL_CHECK_BOUNDS=1``) builds the bounds-checked debugging code
+    (:func:`.codegen.codegen`), never cached."""
+    if check_bounds is None:
+        check_bounds = os.environ.get("CONVDSL_CHECK_BOUNDS", "") not in ("", "0")
     times: list[tuple[str, float]] = []
     t = time.perf_counter()
 
@@ -61,13 +68,13 @@ def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None) -> B
     lap("plan")
     lowered = emit(p)
     lap("lower + verify")
-    key = cache.cache_key(cm, schedule, source) if source is not None else None
+    key = cache.cache_key(cm, schedule, source) if source is not None and not check_bounds else None
     jit = cache.load(key) if key is not None else None
     hit = jit is not None
     if jit is not None:
         lap("cache load")
     else:
-        module = codegen(lowered.program)
+        module = codegen(lowered.program, check_bounds)
         lap("codegen")
         jit = JitModule(module)
         lap("llvm (optimise, object code, load)")

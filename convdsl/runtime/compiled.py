@@ -385,11 +385,12 @@ def _cycle_rate(clock) -> float:
     return _RATE[0]
 
 
-def compile_model(cm: ConcreteModel, schedule: Schedule | None = None, source: str | None = None) -> CompiledModel:
+def compile_model(cm: ConcreteModel, schedule: Schedule | None = None, source: str | None = None,
+                  check_bounds: bool | None = None) -> CompiledModel:
     """``cm`` compiled for the host (default schedule: ``Schedule.for_host()``); with ``source`` (the
     program text) through the disk cache (``CompiledModel.cache_hit`` says whether it hit)."""
     schedule = schedule or Schedule.for_host()
-    b = build(cm, schedule, source)
+    b = build(cm, schedule, source, check_bounds)
     compiled = CompiledModel(cm, schedule, b.lowered, b.jit, b.cache_hit)
     compiled.timings = b.timings
     return compiled
