@@ -26,6 +26,7 @@ from reference import random_weights, run_reference  # noqa: E402
 from widths import BOTH, vec  # noqa: E402
 
 from convdsl.backend import loopir as L  # noqa: E402
+from convdsl.backend.verify import verify  # noqa: E402
 from convdsl.backend.schedule import Schedule  # noqa: E402
 from convdsl.runtime.compiled import compile_model  # noqa: E402
 from convdsl.tools.export_torch import to_torch  # noqa: E402
@@ -549,7 +550,7 @@ def _run_unary(op: str, x: np.ndarray, width: int) -> np.ndarray:
     from convdsl.backend.jit import JitModule
 
     prog = _unary_program(op, width, x.size)
-    L.verify(prog)
+    verify(prog)
     jm = JitModule(codegen(prog))
     y = np.empty_like(x)
     fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4, ctypes.c_int64)(jm.address(entry_name(prog)))
@@ -585,19 +586,19 @@ def test_loop_ir_prints_and_verifies():
     c = compile_model(lenet().bind({}))
     text = c.loops
     assert "kernel conv_" in text and "fma(" in text and "bcast<" in text
-    L.verify(c.program)
+    verify(c.program)
 
 
 def test_verifier_rejects_bad_programs():
     k = L.Kernel("k", ("output",), ("n0", "nt"), (L.Store("output", L.IVar("i"), L.FConst(0.0)),))
     prog = L.Program("Bad", 8, (L.Buffer("output", "output", 4),), (k,), (), 16, 16)
     with pytest.raises(L.VerifyError, match="unbound"):
-        L.verify(prog)
+        verify(prog)
     k2 = L.Kernel("k", ("output",), ("n0", "nt"), (
         L.DeclLocal("a", 8, L.FConst(0.0, 8)),
         L.Assign("a", L.FMA(L.Local("a"), L.FConst(1.0, 4), L.Local("a"))),))
     with pytest.raises(L.VerifyError, match="width"):
-        L.verify(replace(prog, kernels=(k2,)))
+        verify(replace(prog, kernels=(k2,)))
 
 
 def test_pool_out_size_helper_matches_torch_rule():
@@ -715,10 +716,10 @@ def test_verifier_rejects_bad_timers_and_partial_stores():
     prog = L.Program("T", 8, (L.Buffer("output", "output", 4),), (k,),
                      (L.Call("k", (L.IConst(0), L.IVar("n")), 0),), 16, 16)
     with pytest.raises(L.VerifyError, match="profile"):
-        L.verify(prog)
+        verify(prog)
     k2 = L.Kernel("k", ("output",), ("n0", "nt"), (L.Store("output", L.IConst(0), L.FConst(0.0, 4), 5),))
     with pytest.raises(L.VerifyError, match="lanes"):
-        L.verify(replace(prog, kernels=(k2,), entry=()))
+        verify(replace(prog, kernels=(k2,), entry=()))
 
 
 # ----------------------------------------------------------------------------- intra-image threads

@@ -14,6 +14,7 @@ from netbuild import conv, dense, flatten, lenet, net, pool
 from widths import BOTH
 
 from convdsl.backend import loopir as L
+from convdsl.backend.verify import verify
 from convdsl.backend.bounds import check_bounds
 from convdsl.backend.lower import lower
 from convdsl.backend.schedule import Schedule
@@ -42,28 +43,28 @@ def _copy(n: int, stop: int, step: int, start: int = 0, images: L.Index | None =
 @pytest.mark.parametrize("width", [8, 16])
 def test_vector_step_past_the_end_is_rejected(width):
     with pytest.raises(L.VerifyError, match=r"kernel copy: load of \d+ floats at .* past the end of buffer input"):
-        L.verify(_copy(4100, 4100, width))  # 4100 floats: the last vector is 4 floats short
-    L.verify(_copy(4100, 4100 - 4100 % width, width))  # whole vectors only: accepted
-    L.verify(_copy(4104, 4104, 8))  # 513 vectors of 8
+        verify(_copy(4100, 4100, width))  # 4100 floats: the last vector is 4 floats short
+    verify(_copy(4100, 4100 - 4100 % width, width))  # whole vectors only: accepted
+    verify(_copy(4104, 4104, 8))  # 513 vectors of 8
     with pytest.raises(L.VerifyError, match="past the end"):
-        L.verify(_copy(4104, 4104, 16))  # the suite's old abort: 256.5 vectors of 16
+        verify(_copy(4104, 4104, 16))  # the suite's old abort: 256.5 vectors of 16
 
 
 def test_accepts_exact_and_rejects_off_by_one():
-    L.verify(_copy(64, 64, 8))
-    L.verify(_copy(64, 64, 1))
+    verify(_copy(64, 64, 8))
+    verify(_copy(64, 64, 1))
     with pytest.raises(L.VerifyError, match="past the end"):
-        L.verify(_copy(64, 65, 1))
+        verify(_copy(64, 65, 1))
     with pytest.raises(L.VerifyError, match="before the start"):
-        L.verify(_copy(64, 64, 1, start=-1))
+        verify(_copy(64, 64, 1, start=-1))
     # one image too many: the kernel is given nt images but walks nt + 1
     with pytest.raises(L.VerifyError, match="past the end of buffer input"):
-        L.verify(_copy(64, 64, 8, images=L.iadd("nt", 1)))
+        verify(_copy(64, 64, 8, images=L.iadd("nt", 1)))
     # a batch tile the entry does not clip: images past n
     prog = _copy(64, 64, 8)
     entry = (L.For("n0", L.IConst(0), L.IVar("n"), 4, (L.Call("copy", (L.IVar("n0"), L.IConst(4))),)),)
     with pytest.raises(L.VerifyError, match="past the end"):
-        L.verify(replace(prog, entry=entry))
+        verify(replace(prog, entry=entry))
 
 
 def test_scratch_indexed_by_the_batch_is_rejected():

@@ -317,9 +317,11 @@ class VerifyError(AssertionError):
     pass
 
 
-def verify(prog: Program) -> None:
-    """Check names are bound before use, widths agree, loops are sane, and every load and store
-    stays inside its buffer for every batch size (:mod:`convdsl.backend.bounds`); raise :class:`VerifyError`."""
+def check_structure(prog: Program) -> None:
+    """Check names are bound before use, widths agree and loops are sane; raise :class:`VerifyError`.
+
+    The first half of :func:`convdsl.backend.verify.verify`; the second, that every load and store
+    stays inside its buffer, is :mod:`convdsl.backend.bounds` (which builds on this module)."""
     bufs = {b.name: b for b in prog.buffers}
     if len(bufs) != len(prog.buffers):
         raise VerifyError("duplicate buffer names")
@@ -344,9 +346,6 @@ def verify(prog: Program) -> None:
         want = ("n0", "nt", "r0", "r1") if extent > 0 else ("n0", "nt")
         if kernels[kn].params != want:
             raise VerifyError(f"stage kernel {kn}: parameters {kernels[kn].params}, want {want}")
-    from .bounds import check_bounds  # (it builds on this module's node types)
-
-    check_bounds(prog)
 
 
 def _walk(body: tuple[Stmt, ...]):

@@ -58,6 +58,7 @@ from . import loopir as L
 from .loopir import iadd, imin, imul, isub, ix
 from .plan import Act, Layout, Plan, Step, conv_input_ranges, plan
 from .schedule import Schedule
+from .verify import verify
 
 ALIGN = 16  # floats (64 bytes) between arena regions
 
@@ -948,6 +949,6 @@ def emit(p: Plan) -> Lowered:
     prog = L.Program(p.model, V, tuple(b.buffers), tuple(b.kernels), tuple(entry),
                      max(b.wsize, ALIGN), max(b.ssize, ALIGN),
                      tuple(zip(b.stages, b.extents)) if p.split else ())
-    L.verify(prog)
+    verify(prog)
     return Lowered(prog, PackingPlan(max(b.wsize, ALIGN), tuple(b.specs)), p.input_shape, p.output_shape, T,
                    tuple(b.labels), profile_offset, p.dense_tile, p)
