@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Callable
 
 from convdsl.core.diagnostics import Span
-from convdsl.core.model import Activation, CheckedModel, Conv, Dense, Flatten, GlobalAvgPool, Layer, Op, Pool, Softmax
+from convdsl.core.model import CheckedModel, Layer, Op
+from convdsl.core import ops
+from convdsl.core.ops import OPS, Context
 
 SPAN = Span("<test>", 1, 1, 1, 2)
 Shape = tuple[int, ...]  # per image: (C, H, W) or (F,)
@@ -22,24 +24,21 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def out_size(n: int, k: int, s: int, d: int, before: int, after: int) -> int:
-    return (n + before + after - d * (k - 1) - 1) // s + 1
+def _op(kind: str, **args) -> LayerSpec:
+    """An op of the registry with arguments in the resolved form its rule takes (core/ops.py);
+    the shape rule is the registry's, as the checker's is."""
+    d = OPS[kind]
+    resolved = {p.name: args.get(p.name, p.default) for p in d.params}
+
+    def make(shape: Shape):
+        op, out = d.infer(resolved, (1, *shape), Context(kind))
+        return op, tuple(out[1:])
+    return kind, make
 
 
-def pool_out_size(n: int, k: int, s: int, p: int, ceil: bool) -> int:
-    if not ceil:
-        return out_size(n, k, s, 1, p, p)
-    o = -(-(n + 2 * p - k) // s) + 1
-    if (o - 1) * s >= n + p:  # last window would start in the bottom/right padding
-        o -= 1
-    return o
-
-
-def conv_padding(padding, kernel, dilation) -> tuple[int, int, int, int]:
-    (kh, kw), (dh, dw) = _pair(kernel), _pair(dilation)
+def _padding_arg(padding) -> "tuple[int, int, int, int] | str":
     if padding == "same":
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        return "same"
     if isinstance(padding, int):
         return (padding,) * 4
     if len(padding) == 2:
@@ -47,50 +46,56 @@ def conv_padding(padding, kernel, dilation) -> tuple[int, int, int, int]:
     return tuple(padding)
 
 
+def conv_padding(padding, kernel, dilation) -> tuple[int, int, int, int]:
+    """The four pads a conv's padding argument comes to (``same`` sized for kernel and dilation)."""
+    (kh, kw), (dh, dw) = _pair(kernel), _pair(dilation)
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    return _padding_arg(padding)  # type: ignore[return-value]
+
+
+def out_size(n: int, k: int, s: int, d: int, before: int, after: int) -> int:
+    return ops.out_size(n, k, s, before, after, d, False)  # type: ignore[return-value]
+
+
+def pool_out_size(n: int, k: int, s: int, p: int, ceil: bool) -> int:
+    return ops.out_size(n, k, s, p, p, 1, ceil)  # type: ignore[return-value]
+
+
 def conv(c_out: int, kernel=3, stride=1, padding=0, dilation=1, groups=1, bias=True) -> LayerSpec:
-    def make(shape: Shape):
-        c, h, w = shape
-        k, s, d = _pair(kernel), _pair(stride), _pair(dilation)
-        p = conv_padding(padding, k, d)
-        op = Conv(c, c_out, k, s, p, d, groups, bias)
-        return op, (c_out, out_size(h, k[0], s[0], d[0], p[0], p[1]), out_size(w, k[1], s[1], d[1], p[2], p[3]))
-    return "conv", make
+    return _op("conv", c_out=c_out, kernel=_pair(kernel), stride=_pair(stride), padding=conv_padding(padding, kernel, dilation),
+               dilation=_pair(dilation), groups=groups, bias=bias)
 
 
-def pool(kind: str, kernel=2, stride=None, padding=0, ceil=False) -> LayerSpec:
-    def make(shape: Shape):
-        c, h, w = shape
-        k = _pair(kernel)
-        s = _pair(stride) if stride is not None else k
-        p = _pair(padding)
-        op = Pool(kind, k, s, p, ceil)
-        return op, (c, pool_out_size(h, k[0], s[0], p[0], ceil), pool_out_size(w, k[1], s[1], p[1], ceil))
-    return f"{kind}pool", make
+def pool(kind: str, kernel=2, stride=None, padding=0, ceil=False, count_pad=True) -> LayerSpec:
+    extra = {"count_pad": count_pad} if kind == "avg" else {}
+    return _op(f"{kind}pool", kernel=_pair(kernel), stride=None if stride is None else _pair(stride),
+               padding=_pair(padding), ceil=ceil, **extra)
 
 
 def gap() -> LayerSpec:
-    return "global_avgpool", lambda shape: (GlobalAvgPool(), (shape[0], 1, 1))
+    return _op("global_avgpool")
 
 
 def flatten() -> LayerSpec:
-    def make(shape: Shape):
-        f = 1
-        for d in shape:
-            f *= d
-        return Flatten(), (f,)
-    return "flatten", make
+    return _op("flatten")
 
 
 def dense(out: int, bias=True) -> LayerSpec:
-    return "dense", lambda shape: (Dense(shape[0], out, bias), (out,))
+    return _op("dense", out=out, bias=bias)
 
 
 def act(kind: str) -> LayerSpec:
-    return kind, lambda shape: (Activation(kind), shape)
+    return _op(kind)
 
 
 def softmax() -> LayerSpec:
-    return "softmax", lambda shape: (Softmax(), shape)
+    return _op("softmax")
+
+
+def dropout(p: float = 0.5) -> LayerSpec:
+    return _op("dropout", p=p)
 
 
 def net(input_shape: Shape, *layers: LayerSpec, name: str = "Net") -> CheckedModel:

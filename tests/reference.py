@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from convdsl.core.model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
+from typing import Callable
+
+from convdsl.core.model import ConcreteModel, Op
+from convdsl.core.ops import Conv, Dense, definition
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups):
@@ -46,9 +49,10 @@ def _pool_len(n, k, s, p, ceil):
     return o
 
 
-def pool2d(x, kind, kernel, stride, padding, ceil):
-    """Max: padded cells never win.  Avg: padded zeros count; the divisor is the window clipped
-    to the padded input (what PyTorch's count_include_pad does, also in ceil mode)."""
+def pool2d(x, kind, kernel, stride, padding, ceil, count_pad=True):
+    """Max: padded cells never win.  Avg with ``count_pad``: padded zeros count; the divisor is the
+    window clipped to the padded input (what PyTorch's count_include_pad does, also in ceil mode).
+    Avg without: the divisor is the number of real cells in the window."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = _pool_len(H, kh, sh, ph, ceil), _pool_len(W, kw, sw, pw, ceil)
@@ -62,7 +66,8 @@ def pool2d(x, kind, kernel, stride, padding, ceil):
             if kind == "max":
                 y[:, :, oh, ow] = cells.max(axis=(2, 3))
             else:
-                y[:, :, oh, ow] = cells.sum(axis=(2, 3)) / ((h1 - h0) * (w1 - w0))
+                cells_counted = (h1 - h0) * (w1 - w0) if count_pad else (rh1 - rh0) * (rw1 - rw0)
+                y[:, :, oh, ow] = cells.sum(axis=(2, 3)) / cells_counted
     return y
 
 
@@ -81,28 +86,28 @@ def softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
+Ref = Callable[[np.ndarray, Op, "np.ndarray | None", "np.ndarray | None"], np.ndarray]
+
+# keyed by the op registry's reference names (core/ops.py: OpDef.reference); tests/test_ops.py
+# checks that every op has one
+REFERENCE: dict[str, Ref] = {
+    "conv": lambda y, op, w, b: conv2d(y, w, b, op.stride, op.padding, op.dilation, op.groups),
+    "pool": lambda y, op, w, b: pool2d(y, op.kind, op.kernel, op.stride, op.padding, op.ceil, op.count_pad),
+    "global_avgpool": lambda y, op, w, b: y.mean(axis=(2, 3), keepdims=True),
+    "flatten": lambda y, op, w, b: y.reshape(y.shape[0], -1),
+    "dense": lambda y, op, w, b: y @ w.astype(np.float64).T + (b if b is not None else 0),
+    "activation": lambda y, op, w, b: activation(y, op.kind),
+    "softmax": lambda y, op, w, b: softmax(y),
+    "dropout": lambda y, op, w, b: y,  # running, not training: the identity
+}
+
+
 def run_reference(cm: ConcreteModel, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     y = x.astype(np.float64)
     for layer, _, _, op in cm.layers:
         w = weights.get(f"{layer.name}.weight")
         b = weights.get(f"{layer.name}.bias")
-        match op:
-            case Conv():
-                y = conv2d(y, w, b, op.stride, op.padding, op.dilation, op.groups)
-            case Pool():
-                y = pool2d(y, op.kind, op.kernel, op.stride, op.padding, op.ceil)
-            case GlobalAvgPool():
-                y = y.mean(axis=(2, 3), keepdims=True)
-            case Flatten():
-                y = y.reshape(y.shape[0], -1)
-            case Dense():
-                y = y @ w.astype(np.float64).T + (b if b is not None else 0)
-            case Activation(kind=k):
-                y = activation(y, k)
-            case Softmax():
-                y = softmax(y)
-            case _:
-                raise AssertionError(op)
+        y = REFERENCE[definition(op).reference](y, op, w, b)
     return y.astype(np.float32)
 
 

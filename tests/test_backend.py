@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st
-from netbuild import act, conv, conv_padding, dense, flatten, gap, lenet, net, out_size, pool, pool_out_size, softmax  # noqa: E402
+from netbuild import act, conv, conv_padding, dense, dropout, flatten, gap, lenet, net, out_size, pool, pool_out_size, softmax  # noqa: E402
 from reference import random_weights, run_reference  # noqa: E402
 from widths import BOTH, vec  # noqa: E402
 
@@ -81,6 +81,13 @@ OP_CASES = {
     "avgpool_pad": net((4, 9, 7), pool("avg", 3, 2, padding=1)),
     "avgpool_ceil": net((3, 10, 11), pool("avg", 3, 2, padding=1, ceil=True)),
     "avgpool_ceil_nopad": net((2, 7, 8), pool("avg", 2, 2, ceil=True), act("sigmoid")),
+    "avgpool_real_cells": net((3, 9, 10), pool("avg", 3, 2, padding=1, count_pad=False)),
+    "avgpool_real_cells_ceil": net((2, 10, 11), pool("avg", (3, 2), (2, 3), padding=(1, 1), ceil=True,
+                                                     count_pad=False), act("relu")),
+    "avgpool_real_cells_nopad": net((2, 7, 8), conv(4, 3), pool("avg", 2, 2, ceil=True, count_pad=False)),
+    "dropout": net((3, 6, 6), conv(4, 3), dropout(0.5), act("relu"), flatten(), dropout(0.25), dense(5)),
+    "dropout_only": net((2, 3, 3), dropout(0.5)),
+    "dropout_before_softmax": net((2, 3, 3), flatten(), dropout(0.1), softmax()),
     "maxpool_input": net((9, 8, 8), pool("max", 2)),
     "gap": net((10, 5, 6), conv(11, 3), gap(), flatten(), dense(4)),
     "gap_4d_out": net((3, 5, 6), gap()),
@@ -159,7 +166,8 @@ def pool_layer(draw, h, w):
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2)))
     ceil = draw(st.booleans())
-    return pool(kind, (kh, kw), stride, padding, ceil)
+    count_pad = draw(st.booleans()) if kind == "avg" else True
+    return pool(kind, (kh, kw), stride, padding, ceil, count_pad)
 
 
 ACTS = st.sampled_from([None, "relu", "sigmoid", "tanh"])
@@ -206,6 +214,8 @@ def head_net(draw):
         layers.append(gap())
     layers.append(flatten())
     for _ in range(draw(st.integers(0, 2))):
+        if draw(st.booleans()):
+            layers.append(dropout(draw(st.sampled_from([0.0, 0.25, 0.5]))))
         layers.append(dense(draw(st.integers(1, 40)), bias=draw(st.booleans())))
         a = draw(ACTS)
         if a:
@@ -602,7 +612,7 @@ def test_verifier_rejects_bad_programs():
 
 
 def test_pool_out_size_helper_matches_torch_rule():
-    """netbuild's ceil-mode size (drop a last window starting in the padding) is torch's."""
+    """The registry's ceil-mode size rule (drop a last window starting in the padding) is torch's."""
     import torch
 
     for n in range(1, 9):

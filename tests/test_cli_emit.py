@@ -56,7 +56,7 @@ def test_lenet_model_one_line_per_layer(capsys):
     assert conv1.endswith("conv(c_in=1, c_out=6, kernel=(5, 5), stride=(1, 1), padding=(2, 2, 2, 2), "
                           "dilation=(1, 1), groups=1, bias=true)")
     assert rows[7].endswith("dense(in_features=400, out_features=120, bias=true)")
-    assert rows[2].endswith("avgpool(kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil=false)")
+    assert rows[2].endswith("avgpool(kernel=(2, 2), stride=(2, 2), padding=(0, 0), ceil=false, count_pad=true)")
     assert rows[1].endswith("sigmoid")
 
 

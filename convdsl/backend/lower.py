@@ -789,13 +789,12 @@ def _emit_pool(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     stm += _for("kh", KH, _for("kw", KW, [upd], unroll=st.unroll_kw), unroll=KH * KW <= 9)
     res: L.Value = L.Local("acc")
     if not is_max:
-        # PyTorch divides by the window clipped to the padded input (count_include_pad)
-        dh: L.Index = L.IConst(KH)
-        dw: L.Index = L.IConst(KW)
-        if (OH - 1) * SH + KH > H + 2 * PH:
-            dh = imin(KH, isub(H + 2 * PH, imul("oh", SH)))
-        if (OW - 1) * SW + KW > W + 2 * PW:
-            dw = imin(KW, isub(W + 2 * PW, imul("ow", SW)))
+        if op.count_pad:  # PyTorch's count_include_pad: the window clipped to the padded input
+            dh = _window_cells("oh", OH, SH, KH, 0, H + 2 * PH)
+            dw = _window_cells("ow", OW, SW, KW, 0, W + 2 * PW)
+        else:  # the real cells only
+            dh = _window_cells("oh", OH, SH, KH, PH, H)
+            dw = _window_cells("ow", OW, SW, KW, PW, W)
         if isinstance(dh, L.IConst) and isinstance(dw, L.IConst):
             res = L.Bin("mul", res, L.FConst(1.0 / (dh.value * dw.value), V))
         else:
@@ -806,6 +805,17 @@ def _emit_pool(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:
     else:
         body = _for("cb", Cb, _for("oh", OH, _for("ow", OW, stm)))
     b.kernel(b.fresh("pool_"), (src.buf, dst.buf), _for("i", "nt", body), extent=st.parts)
+
+
+def _window_cells(o: str, n_out: int, stride: int, kernel: int, pad: int, n: int) -> L.Index:
+    """How many of window ``o``'s ``kernel`` cells, which start at ``o * stride - pad``, lie in
+    ``[0, n)`` (a constant where every window is whole)."""
+    if pad == 0 and (n_out - 1) * stride + kernel <= n:
+        return L.IConst(kernel)
+    cells = imin(kernel, isub(n + pad, imul(o, stride)))  # cut at the end
+    if pad:
+        cells = iadd(cells, imin(iadd(imul(o, stride), -pad), 0))  # and at the start
+    return cells
 
 
 def _emit_gap(b: _Builder, st: Step, src: _Tensor, dst: _Tensor) -> None:

@@ -21,7 +21,8 @@ from typing import Literal, assert_never
 
 import numpy as np
 
-from ..core.model import Activation, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Op, Pool, Softmax
+from ..core.model import Activation, ConcreteModel, Conv, Dense, Op, Pool
+from ..core.ops import definition
 from . import loopir as L
 from .loopir import iadd, imul, ix
 from .schedule import Schedule
@@ -186,6 +187,10 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (shape[0], 1, 1)
 
 
+LOWERINGS = frozenset({"activation", "identity", "flatten", "softmax", "dense", "conv", "pool", "gap"})
+"""The lowering names an op's registry entry may give (``core.ops.OpDef.lowering``)."""
+
+
 def _stages(cm: ConcreteModel) -> list[_Stage]:
     """The layers as stages: activations attached to the stage before them, ``flatten`` a view
     (a copy only before a softmax), the copies in and out at both ends."""
@@ -193,36 +198,41 @@ def _stages(cm: ConcreteModel) -> list[_Stage]:
     stages = [_Stage("pack", "input", None, cur, cur)]
     flat_view = False  # current tensor is a flatten of ``cur``
     for layer, in_shape, out_shape, op in cm.layers:
-        match op:
-            case Activation(kind=k):
-                stages[-1].acts.append(k)
-            case Flatten():
+        # the op registry names each op's lowering (core/ops.py: OpDef.lowering)
+        lowering = definition(op).lowering
+        match lowering:
+            case "activation":
+                assert isinstance(op, Activation)
+                stages[-1].acts.append(op.kind)
+            case "identity":  # dropout when running: no code, the tensor passes through
+                pass
+            case "flatten":
                 flat_view = cur[1] * cur[2] > 1
-            case Softmax():
+            case "softmax":
                 if flat_view:
                     f = cur[0] * cur[1] * cur[2]
                     stages.append(_Stage("flatten", f"{layer.name}.flat", op, cur, (f, 1, 1)))
                     cur, flat_view = (f, 1, 1), False
                 stages.append(_Stage("softmax", layer.name, op, cur, cur))
-            case Dense():
+            case "dense":
                 out = _chw(out_shape)
                 stages.append(_Stage("dense", layer.name, op, cur, out))
                 cur, flat_view = out, False
-            case Conv():
+            case "conv":
                 assert not flat_view
                 out = _chw(out_shape)
                 stages.append(_Stage("conv", layer.name, op, cur, out))
                 cur = out
-            case Pool():
+            case "pool":
                 out = _chw(out_shape)
                 stages.append(_Stage("pool", layer.name, op, cur, out))
                 cur = out
-            case GlobalAvgPool():
+            case "gap":
                 out = (cur[0], 1, 1)
                 stages.append(_Stage("gap", layer.name, op, cur, out))
                 cur = out
             case _:
-                assert_never(op)
+                raise AssertionError(f"no lowering named {lowering!r} (core/ops.py)")
     stages.append(_Stage("unpack", "output", None, cur, cur))
     return stages
 
@@ -556,9 +566,9 @@ def _op_text(st: Step) -> str:
                 ("stride", sd, (1, 1)), ("padding", p, (0, 0, 0, 0)), ("dilation", d, (1, 1)), ("groups", g, 1))
                 if v != dflt)
             return f"conv({o}, kernel={_arg(k)}{extra})"
-        case Pool(kind=kind, kernel=k, stride=sd, padding=p, ceil=c):
+        case Pool(kind=kind, kernel=k, stride=sd, padding=p, ceil=c, count_pad=cp):
             return (f"{kind}pool({_arg(k)}, stride={_arg(sd)}" + (f", padding={_arg(p)}" if any(p) else "")
-                    + (", ceil=true" if c else "") + ")")
+                    + (", ceil=true" if c else "") + (", count_pad=false" if not cp else "") + ")")
         case Dense(out_features=o):
             return f"dense({o})"
         case _:

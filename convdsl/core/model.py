@@ -13,85 +13,26 @@ without errors.  Nothing past this point reports user errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Literal, Mapping, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Mapping
 
 from .diagnostics import Span
+from .ops import (  # noqa: F401  (the op nodes are part of the checked model's vocabulary)
+    Activation,
+    Conv,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Op,
+    Pool,
+    Softmax,
+    op_kind,
+    shown_fields,
+    weight_shapes,
+)
 from .symbolic import Dim, evaluate, to_str
 from .text import format_shape
-
-Pair = tuple[int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Conv:
-    c_in: Dim
-    c_out: int
-    kernel: Pair  # (kh, kw)
-    stride: Pair  # (sh, sw)
-    padding: tuple[int, int, int, int]  # (top, bottom, left, right)
-    dilation: Pair  # (dh, dw)
-    groups: int
-    bias: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    kind: Literal["max", "avg"]
-    kernel: Pair
-    stride: Pair
-    padding: Pair  # (ph, pw), on both sides
-    ceil: bool
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalAvgPool:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Flatten:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Dense:
-    in_features: Dim
-    out_features: int
-    bias: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Activation:
-    kind: Literal["relu", "sigmoid", "tanh"]
-
-
-@dataclass(frozen=True, slots=True)
-class Softmax:
-    """Softmax over axis 1 (channels of a 4-D tensor, features of a 2-D one)."""
-
-
-Op = Union[Conv, Pool, GlobalAvgPool, Flatten, Dense, Activation, Softmax]
-
-
-def op_kind(op: Op) -> str:
-    """The op's name as the language spells it (``conv``, ``maxpool``, ``relu``, ...)."""
-    match op:
-        case Conv():
-            return "conv"
-        case Pool(kind=k):
-            return f"{k}pool"
-        case GlobalAvgPool():
-            return "global_avgpool"
-        case Flatten():
-            return "flatten"
-        case Dense():
-            return "dense"
-        case Activation(kind=k):
-            return k
-        case Softmax():
-            return "softmax"
-    raise AssertionError(op)
 
 
 def format_op(op: Op) -> str:
@@ -100,37 +41,22 @@ def format_op(op: Op) -> str:
     ``conv(c_in=1, c_out=6, kernel=(5, 5), stride=(1, 1), padding=(2, 2, 2, 2), dilation=(1, 1),
     groups=1, bias=true)``: unlike the layer's ``text`` (the arguments as written), defaults are
     filled in, ``padding=same`` is the four pads it came to, and the field names are those of the
-    op's dataclass here, so that a reader of ``convdsl compile --emit model`` sees exactly what
-    ``check`` decided.  The kind of a pool or an activation is in the name, not repeated.
+    op's dataclass (:mod:`convdsl.core.ops`), so that a reader of ``convdsl compile --emit model``
+    sees exactly what ``check`` decided.  The kind of a pool or an activation is in the name, not
+    repeated; fields that do not apply to the op (a max pool's ``count_pad``) are left out.
     """
-    args = [f"{f.name}={_arg_text(getattr(op, f.name))}" for f in fields(op)
-            if not (f.name == "kind" and isinstance(op, (Pool, Activation)))]
+    args = [f"{name}={_arg_text(getattr(op, name))}" for name in shown_fields(op)]
     return op_kind(op) + (f"({', '.join(args)})" if args else "")
 
 
 def _arg_text(value: object) -> str:
     if isinstance(value, bool):  # the language's spelling (``bias=false``)
         return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, tuple):
         return "(" + ", ".join(_arg_text(v) for v in value) + ")"
     return to_str(value)  # type: ignore[arg-type]  # (an int or a symbolic Dim)
-
-
-def weight_shapes(op: Op) -> dict[str, tuple[Dim, ...]]:
-    """PyTorch layouts of the op's parameters, keyed ``weight`` / ``bias``."""
-    match op:
-        case Conv(c_in=c_in, c_out=c_out, kernel=(kh, kw), groups=g, bias=b):
-            shapes: dict[str, tuple[Dim, ...]] = {"weight": (c_out, c_in // g, kh, kw)}
-            if b:
-                shapes["bias"] = (c_out,)
-            return shapes
-        case Dense(in_features=fi, out_features=fo, bias=b):
-            shapes = {"weight": (fo, fi)}
-            if b:
-                shapes["bias"] = (fo,)
-            return shapes
-        case _:
-            return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +122,10 @@ class CheckedModel:
 
 
 def _bind_op(op: Op, env: Mapping[str, int]) -> Op:
-    match op:
-        case Conv(c_in=c):
-            return Conv(evaluate(c, env), op.c_out, op.kernel, op.stride, op.padding, op.dilation, op.groups, op.bias)
-        case Dense(in_features=f):
-            return Dense(evaluate(f, env), op.out_features, op.bias)
-        case _:
-            return op
+    """``op`` with every symbolic field (a conv's or dense layer's input size) evaluated."""
+    changes = {f.name: evaluate(v, env) for f in fields(op)
+               if not isinstance(v := getattr(op, f.name), (int, float, str, tuple))}
+    return replace(op, **changes) if changes else op
 
 
 @dataclass(frozen=True, slots=True)

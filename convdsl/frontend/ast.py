@@ -58,7 +58,15 @@ class TupleArg:
     span: Span
 
 
-ArgValue = Union[Expr, TupleArg]
+@dataclass(frozen=True, slots=True)
+class Decimal:
+    """A decimal literal argument, as written (``0.5``, ``.25``, ``-0.1``): only ``dropout`` takes one."""
+
+    text: str
+    span: Span
+
+
+ArgValue = Union[Expr, TupleArg, Decimal]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +231,12 @@ def _at(span: Span) -> str:
 
 def _arg_text(arg: Arg) -> str:
     value = arg.value
-    text = ("(" + ", ".join(_expr_text(e, top=True) for e in value.items) + ")" if isinstance(value, TupleArg)
-            else _expr_text(value, top=True))
+    if isinstance(value, TupleArg):
+        text = "(" + ", ".join(_expr_text(e, top=True) for e in value.items) + ")"
+    elif isinstance(value, Decimal):
+        text = value.text
+    else:
+        text = _expr_text(value, top=True)
     return text if arg.key is None else f"{arg.key}={text}"
 
 

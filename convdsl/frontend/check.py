@@ -27,36 +27,13 @@ from typing import Callable, Iterable, Mapping
 
 from ..core import symbolic as sy
 from ..core.diagnostics import Diagnostic, Note, Span, error, warning
-from ..core.model import (
-    Activation,
-    CheckedModel,
-    Conv,
-    Dense,
-    Flatten,
-    GlobalAvgPool,
-    Layer,
-    Op,
-    Pool,
-    Softmax,
-)
+from ..core import ops as op_registry
+from ..core.model import CheckedModel, Conv, Layer, Op, Pool
+from ..core.ops import OPS, REQUIRED, Context, OpError, Param
 from ..core.symbolic import Dim
 from . import ast
 
-BUILTIN_OPS = (
-    "conv", "maxpool", "avgpool", "global_avgpool", "flatten", "dense",
-    "relu", "sigmoid", "tanh", "softmax",
-)
-
-# op -> (positional parameter names, {keyword: default}); None = required
-_SIGNATURES: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
-    "conv": (("c_out", "kernel"), {"c_out": None, "kernel": None, "stride": 1, "padding": 0,
-                                    "dilation": 1, "groups": 1, "bias": True}),
-    "maxpool": (("kernel",), {"kernel": None, "stride": None, "padding": 0, "ceil": False}),
-    "avgpool": (("kernel",), {"kernel": None, "stride": None, "padding": 0, "ceil": False}),
-    "dense": (("out",), {"out": None, "bias": True}),
-}
-for _name in ("global_avgpool", "flatten", "relu", "sigmoid", "tanh", "softmax"):
-    _SIGNATURES[_name] = ((), {})
+BUILTIN_OPS = tuple(OPS)
 
 
 @dataclass(frozen=True)
@@ -115,9 +92,9 @@ def _is_sym(d: Dim) -> bool:
 # --------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class _Value:
-    """An evaluated argument: an integer Dim, a tuple of Dims, or a bare name."""
+    """An evaluated argument: an integer Dim, a tuple of Dims, a bare name or a decimal literal."""
 
-    kind: str  # "int" | "tuple" | "name"
+    kind: str  # "int" | "tuple" | "name" | "decimal" (the literal's text in ``name``)
     span: Span
     dim: Dim = 0
     items: tuple[Dim, ...] = ()
@@ -535,7 +512,7 @@ class Checker:
         elif ly.op in BUILTIN_OPS:
             args = self._bind_args(ly, scope)
             op, out, notes_fn = self._apply(ly, full, args, shape, scope)
-            params, macs = _cost(op, out)
+            params, macs = op_registry.cost(op, out)
             layers.append(Layer(full, op, shape, out, params, macs, _op_text(ly, args), ly.span, scope.uses))
             if not scope.generic:
                 self._sizes_ok(ly, full, out, scope, notes_fn)
@@ -555,7 +532,7 @@ class Checker:
                 # Proved equal on the whole domain: the author's form reads better downstream.
                 if layers and layers[-1].name == full:
                     last = layers[-1]
-                    layers[-1] = replace(last, out_shape=declared, macs=_cost(last.op, declared)[1])
+                    layers[-1] = replace(last, out_shape=declared, macs=op_registry.cost(last.op, declared)[1])
                 return declared
         return out
 
@@ -653,17 +630,18 @@ class Checker:
         return bound
 
     def _bind_args(self, ly: ast.Layer, scope: _Scope) -> dict[str, _Value]:
-        positional, defaults = _SIGNATURES[ly.op]
-        bound = self._match_args(ly, positional, defaults, ly.op, scope)
-        for key, default in defaults.items():
-            # A pool's stride defaults to its kernel: required-looking, but not required.
-            if default is None and key not in bound and key != "stride":
-                self.err("bad-argument", f"{ly.op} needs the argument '{key}'", ly.args_span or ly.op_span, scope,
-                         Note(_USAGE[ly.op]))
+        d = OPS[ly.op]
+        bound = self._match_args(ly, d.positional, [p.name for p in d.params], ly.op, scope)
+        for p in d.params:
+            if p.default is REQUIRED and p.name not in bound:
+                self.err("bad-argument", f"{ly.op} needs the argument '{p.name}'", ly.args_span or ly.op_span, scope,
+                         Note(d.usage))
                 raise _Abort
         return bound
 
     def _value(self, v: ast.ArgValue, scope: _Scope) -> _Value:
+        if isinstance(v, ast.Decimal):
+            return _Value("decimal", v.span, name=v.text)
         if isinstance(v, ast.TupleArg):
             items = tuple(self.dim(e, scope.params, scope, "an argument") for e in v.items)
             return _Value("tuple", v.span, items=items)
@@ -684,7 +662,8 @@ class Checker:
                      *([Note(f"did you mean '{hint}'?")] if hint else []))
             raise _Abort
         if v.kind != "int":
-            self.err("bad-argument", f"{what} must be an integer, not {v.text()}", v.span, scope)
+            self.err("bad-argument", f"{what} must be an integer, not {v.text()}", v.span, scope,
+                     *([Note("only a dropout probability is a decimal number")] if v.kind == "decimal" else []))
             raise _Abort
         if isinstance(v.dim, int) and v.dim < minimum:
             qual = "positive" if minimum == 1 else "negative" if minimum == 0 else f">= {minimum}"
@@ -713,93 +692,29 @@ class Checker:
         self.err("bad-argument", f"{what} is true or false, not {v.text()}", v.span, scope)
         raise _Abort
 
-    # ------------------------------------------------------------ ops
-    def _apply(self, ly: ast.Layer, name: str, args: dict[str, _Value], shape: tuple[Dim, ...],
-               scope: _Scope) -> tuple[Op, tuple[Dim, ...], Callable[[int], list[Note]]]:
-        op = ly.op
-        if op in ("conv", "maxpool", "avgpool", "global_avgpool") and len(shape) != 4:
-            self.err("rank", f"{op} needs a 4-D input [N, C, H, W], but {name}'s input is {_fmt_shape(shape)}",
-                     ly.op_span, scope)
+    def _probability(self, v: _Value, what: str, scope: _Scope) -> float:
+        if v.kind == "decimal" or (v.kind == "int" and isinstance(v.dim, int)):
+            p = float(v.name) if v.kind == "decimal" else float(v.dim)
+            if 0.0 <= p < 1.0:
+                return p
+            self.err("bad-argument", f"{what} must be at least 0 and below 1, not {v.text()}", v.span, scope)
             raise _Abort
-        no_notes: Callable[[int], list[Note]] = lambda axis: []
-        if op == "conv":
-            return self._conv(ly, name, args, shape, scope)
-        if op in ("maxpool", "avgpool"):
-            return self._pool(ly, name, args, shape, scope)
-        if op == "global_avgpool":
-            return GlobalAvgPool(), (shape[0], shape[1], 1, 1), no_notes
-        if op == "flatten":
-            if len(shape) == 2:
-                return Flatten(), shape, no_notes
-            if len(shape) != 4:
-                self.err("rank", f"flatten takes a 4-D input, not {_fmt_shape(shape)}", ly.op_span, scope)
-                raise _Abort
-            return Flatten(), (shape[0], shape[1] * shape[2] * shape[3]), no_notes
-        if op == "dense":
-            if len(shape) != 2:
-                self.err("rank", f"dense needs a 2-D input [N, F], but {name}'s input is {_fmt_shape(shape)}",
-                         ly.op_span, scope, Note(f"insert flatten before {name}"))
-                raise _Abort
-            out = self._int(args["out"], "the number of outputs", scope, 1)
-            if not isinstance(out, int) and not scope.generic:
-                raise AssertionError(out)
-            bias = self._bool(args["bias"], "bias", scope) if "bias" in args else True
-            return Dense(shape[1], out, bias), (shape[0], out), no_notes
-        if op in ("relu", "sigmoid", "tanh"):
-            return Activation(op), shape, no_notes
-        if op == "softmax":
-            if len(shape) < 2:
-                self.err("rank", "softmax needs a channel or feature axis", ly.op_span, scope)
-                raise _Abort
-            return Softmax(), shape, no_notes
-        raise AssertionError(op)
+        self.err("bad-argument", f"{what} is a decimal number such as 0.5, not {v.text()}", v.span, scope)
+        raise _Abort
 
-    def _conv(self, ly, name, args, shape, scope):
-        c_out = self._int(args["c_out"], "the number of output channels", scope, 1)
-        kh, kw = self._pair(args["kernel"], "the kernel size", scope, 1)
-        sh, sw = self._pair(args["stride"], "the stride", scope, 1) if "stride" in args else (1, 1)
-        dh, dw = self._pair(args["dilation"], "the dilation", scope, 1) if "dilation" in args else (1, 1)
-        groups = self._int(args["groups"], "groups", scope, 1) if "groups" in args else 1
-        bias = self._bool(args["bias"], "bias", scope) if "bias" in args else True
-        padding = self._conv_padding(args.get("padding"), (kh, kw), (dh, dw), (sh, sw), scope)
-        c_in = shape[1]
-        if isinstance(groups, int) and groups > 1:
-            for what, val in (("input channels", c_in), ("output channels", c_out)):
-                if isinstance(val, int) and val % groups:
-                    self.err("bad-argument", f"groups={groups} must divide the number of {what} ({val})",
-                             args["groups"].span, scope)
-                    raise _Abort
-                if not isinstance(val, int) and not scope.generic:
-                    self.err("bad-argument", f"groups={groups} needs a known number of {what}, not {sy.to_str(val)}",
-                             args["groups"].span, scope)
-                    raise _Abort
-        op = Conv(c_in, c_out, (kh, kw), (sh, sw), padding, (dh, dw), groups, bias)
-        h = _out_size(shape[2], kh, sh, padding[0], padding[1], dh, False)
-        w = _out_size(shape[3], kw, sw, padding[2], padding[3], dw, False)
-        return op, (shape[0], c_out, h, w), lambda axis: [Note(f"{_AXES[axis]}: {_size_formula(op, shape[2 + axis], axis)} = {sy.to_str((h, w)[axis])}")]
-
-    def _conv_padding(self, v: _Value | None, k, d, s, scope) -> tuple:
-        if v is None:
-            return (0, 0, 0, 0)
+    def _conv_padding(self, v: _Value, scope: _Scope) -> tuple[Dim, ...] | str:
         if v.kind == "name":
-            if v.name == "valid":
-                return (0, 0, 0, 0)
-            if v.name == "same":
-                if s != (1, 1):
-                    self.err("bad-argument", "padding=same needs stride 1 (the output could not keep the input size)",
-                             v.span, scope)
-                    raise _Abort
-                th, tw = d[0] * (k[0] - 1), d[1] * (k[1] - 1)
-                return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+            if v.name in ("valid", "same"):
+                return (0, 0, 0, 0) if v.name == "valid" else "same"
             self.err("bad-argument", f"padding is an integer, (ph, pw), (top, bottom, left, right), same or valid, "
                      f"not {v.name}", v.span, scope)
             raise _Abort
-        if v.kind == "int":
+        if v.kind != "tuple":
             p = self._int(v, "padding", scope, 0)
             return (p, p, p, p)
         if len(v.items) == 2:
             ph, pw = v.items
-            out = (ph, ph, pw, pw)
+            out: tuple[Dim, ...] = (ph, ph, pw, pw)
         elif len(v.items) == 4:
             out = tuple(v.items)
         else:
@@ -811,30 +726,52 @@ class Checker:
                 raise _Abort
         return out
 
-    def _pool(self, ly, name, args, shape, scope):
-        kind = ly.op[:3]
-        kh, kw = self._pair(args["kernel"], "the kernel size", scope, 1)
-        sh, sw = self._pair(args["stride"], "the stride", scope, 1) if "stride" in args else (kh, kw)
-        ceil = self._bool(args["ceil"], "ceil", scope) if "ceil" in args else False
-        pv = args.get("padding")
-        if pv is None:
-            ph = pw = 0
-        elif pv.kind == "name" and pv.name == "valid":
-            ph = pw = 0
-        elif pv.kind == "name":
-            self.err("bad-argument", f"pool padding is an integer or (ph, pw), not {pv.name}", pv.span, scope)
+    def _pool_padding(self, v: _Value, scope: _Scope) -> tuple[Dim, Dim]:
+        if v.kind == "name" and v.name == "valid":
+            return (0, 0)
+        if v.kind == "name":
+            self.err("bad-argument", f"pool padding is an integer or (ph, pw), not {v.name}", v.span, scope)
             raise _Abort
-        else:
-            ph, pw = self._pair(pv, "padding", scope, 0)
-        for p, k in ((ph, kh), (pw, kw)):
-            if isinstance(p, int) and isinstance(k, int) and 2 * p > k:
-                self.err("bad-argument", f"pool padding {p} is more than half the kernel ({k})", pv.span, scope,
-                         Note(f"use padding <= {k // 2} (a window must hold at least one real cell)"))
-                raise _Abort
-        op = Pool(kind, (kh, kw), (sh, sw), (ph, pw), ceil)
-        h = _out_size(shape[2], kh, sh, ph, ph, 1, ceil)
-        w = _out_size(shape[3], kw, sw, pw, pw, 1, ceil)
-        return op, (shape[0], shape[1], h, w), lambda axis: [Note(f"{_AXES[axis]}: {_size_formula(op, shape[2 + axis], axis)} = {sy.to_str((h, w)[axis])}")]
+        return self._pair(v, "padding", scope, 0)
+
+    def _read(self, p: Param, v: _Value, scope: _Scope) -> object:
+        """An argument's value in the resolved form its kind says (``core.ops.ArgKind``)."""
+        match p.kind:
+            case "count":
+                return self._int(v, p.what, scope, 1)
+            case "pair":
+                return self._pair(v, p.what, scope, 1)
+            case "bool":
+                return self._bool(v, p.what, scope)
+            case "conv_padding":
+                return self._conv_padding(v, scope)
+            case "pool_padding":
+                return self._pool_padding(v, scope)
+            case "probability":
+                return self._probability(v, p.what, scope)
+        raise AssertionError(p.kind)
+
+    # ------------------------------------------------------------ ops
+    def _apply(self, ly: ast.Layer, name: str, args: dict[str, _Value], shape: tuple[Dim, ...],
+               scope: _Scope) -> tuple[Op, tuple[Dim, ...], Callable[[int], list[Note]]]:
+        """The op's registry rule on its read arguments (defaults filled in); its objections become
+        diagnostics at the argument they name."""
+        d = OPS[ly.op]
+        resolved = {p.name: self._read(p, args[p.name], scope) if p.name in args else p.default
+                    for p in d.params}
+        try:
+            op, out = d.infer(resolved, shape, Context(name, scope.generic))
+        except OpError as e:
+            span = args[e.arg].span if e.arg in args else ly.op_span
+            self.err(e.code, e.message, span, scope, *e.notes)
+            raise _Abort from None
+        if isinstance(op, (Conv, Pool)):
+            def notes(axis: int) -> list[Note]:
+                assert isinstance(op, (Conv, Pool))
+                formula = _size_formula(op, shape[2 + axis], axis)
+                return [Note(f"{_AXES[axis]}: {formula} = {sy.to_str(out[2 + axis])}")]
+            return op, out, notes
+        return op, out, lambda axis: []
 
     # ------------------------------------------------------------ sizes
     def _sizes_ok(self, ly: ast.Layer, name: str, out: tuple[Dim, ...], scope: _Scope,
@@ -984,13 +921,6 @@ class _GenericUnsupported(Exception):
 # ------------------------------------------------------------------ helpers
 _AXES = ("height", "width")
 _WORDS = ("true", "false", "same", "valid")
-_USAGE = {
-    "conv": "usage: conv(c_out, kernel=k, stride=1, padding=0, dilation=1, groups=1, bias=true)",
-    "maxpool": "usage: maxpool(k, stride=k, padding=0, ceil=false)",
-    "avgpool": "usage: avgpool(k, stride=k, padding=0, ceil=false)",
-    "dense": "usage: dense(out, bias=true)",
-}
-
 
 def _axis_name(shape: tuple[Dim, ...], axis: int) -> str:
     if len(shape) == 4:
@@ -1007,19 +937,6 @@ def _gcd(a: int, b: int) -> int:
 def _suggest(word: str, options: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return close[0] if close else None
-
-
-def _out_size(n: Dim, k: Dim, s: Dim, pb: Dim, pa: Dim, d: Dim, ceil: bool) -> Dim:
-    """LANGUAGE.md's output-size formula; ``ceil`` as PyTorch's ceil_mode (pooling, pb == pa)."""
-    keff = d * (k - 1) + 1
-    if not ceil:
-        return (n + pb + pa - keff) // s + 1
-    # PyTorch rounds up, then drops a last window that would start in the bottom
-    # padding.  Both bounds are floors by the same s, so their min is a constant
-    # choice: the window cap binds exactly when p + s > keff.
-    if isinstance(pb, int) and isinstance(s, int) and isinstance(keff, int) and pb + s > keff:
-        return (n + pb - 1) // s + 1
-    return (n + pb + pa - keff + s - 1) // s + 1
 
 
 def _dropped_cells(op: Conv | Pool, n: Dim, axis: int, domain: sy.Domain) -> tuple[str, str, str] | None:
@@ -1039,7 +956,7 @@ def _dropped_cells(op: Conv | Pool, n: Dim, axis: int, domain: sy.Domain) -> tup
     ceil = isinstance(op, Pool) and op.ceil
 
     def dropped(nv: int) -> int:
-        out = _out_size(nv, k, s, pb, pa, d, ceil)
+        out = op_registry.out_size(nv, k, s, pb, pa, d, ceil)
         if out < 1:
             return 0
         return max(0, nv + pb - ((out - 1) * s + keff))
@@ -1098,7 +1015,7 @@ def _padding_fix(op: Conv, in_shape: tuple[Dim, ...], declared: tuple[Dim, ...])
             return None
         keff = d * (k - 1) + 1
         for p in range(0, keff + 1):
-            if _out_size(n, k, s, p, p, d, False) == want:
+            if op_registry.out_size(n, k, s, p, p, d, False) == want:
                 pads.append(p)
                 break
         else:
@@ -1109,21 +1026,9 @@ def _padding_fix(op: Conv, in_shape: tuple[Dim, ...], declared: tuple[Dim, ...])
     return None
 
 
-def _cost(op: Op, out: tuple[Dim, ...]) -> tuple[Dim, Dim]:
-    match op:
-        case Conv(c_in=ci, c_out=co, kernel=(kh, kw), groups=g, bias=b):
-            per = (ci // g) * kh * kw
-            return co * per + (co if b else 0), co * out[2] * out[3] * per
-        case Dense(in_features=fi, out_features=fo, bias=b):
-            return fo * fi + (fo if b else 0), fo * fi
-        case _:
-            return 0, 0
-
-
 def _op_text(ly: ast.Layer, args: Mapping[str, _Value]) -> str:
     if not ly.args and ly.args_span is None:
         return ly.op
-    positional, _ = _SIGNATURES[ly.op]
     parts = []
     for a, (key, v) in zip(ly.args, args.items()):
         parts.append(v.text() if a.key is None else f"{key}={v.text()}")

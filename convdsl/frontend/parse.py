@@ -133,7 +133,7 @@ _CHAR_HINTS = {
     "/": "division is written '//' (floor division)",
     "<": "write comparisons with '>', '>=' or '=='",
     "!": "'!=' is not supported; write comparisons with '>', '>=' or '=='",
-    ".": "numbers are integers and names are plain identifiers",
+    ".": "sizes are integers and names are plain identifiers (a decimal such as 0.5 is a dropout probability)",
     '"': "there are no strings; names such as same or true are written bare",
     "'": "there are no strings; names such as same or true are written bare",
     ";": "layers are separated by newlines",
@@ -257,6 +257,7 @@ def _normalise_newlines(tokens: list[Token]) -> list[Token]:
 _DISPLAY = {
     "NAME": "a name",
     "INT": "a number",
+    "DECIMAL": "a decimal number",
     "COMMA": "','",
     "COLON": "':'",
     "EQUAL": "'='",
@@ -570,6 +571,9 @@ class _Builder:
     def value(self, node: Tree) -> ast.ArgValue:
         if node.data == "tuple":
             return ast.TupleArg(tuple(self.expr(e) for e in node.children), self.span(node))
+        if node.data in ("decimal", "negdecimal"):
+            sign = "-" if node.data == "negdecimal" else ""
+            return ast.Decimal(sign + str(node.children[0]), self.span(node))
         return self.expr(node)
 
     def shape(self, tree: Tree) -> ast.Shape:

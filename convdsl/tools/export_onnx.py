@@ -8,12 +8,17 @@ PyTorch-layout weights (``NAME.weight`` / ``NAME.bias``) as initializers:
   begin-then-end order, so asymmetric padding needs no separate ``Pad``),
   ``strides``, ``dilations``, ``group``;
 * ``maxpool`` / ``avgpool``: ``MaxPool`` / ``AveragePool`` with symmetric
-  ``pads``, ``ceil_mode`` and (average) ``count_include_pad = 1`` — the
-  language's meaning, PyTorch's divisor: the window clipped to the padded
-  input, windows that would start in the bottom/right padding dropped;
+  ``pads``, ``ceil_mode`` and (average) ``count_include_pad`` from ``count_pad``
+  (1, the language's default: PyTorch's divisor, the window clipped to the
+  padded input; 0: the real cells), windows that would start in the
+  bottom/right padding dropped;
 * ``global_avgpool``: ``GlobalAveragePool``; ``flatten``: ``Flatten(axis=1)``;
 * ``dense``: ``Gemm(transB=1)``; ``relu`` / ``sigmoid`` / ``tanh``: the ops of
-  those names; ``softmax``: ``Softmax(axis=1)``.
+  those names; ``softmax``: ``Softmax(axis=1)``; ``dropout``: ``Dropout`` with
+  its ratio (an inference engine runs it as the identity, as convdsl does).
+
+One exporter per op, in ``_EXPORTERS`` under the op registry's ``onnx`` name
+(``core/ops.py``).
 
 The input is ``x`` and the output ``y``; the batch axis is the symbolic
 dimension ``N``, every other size is bound (symbols such as ``H`` from
@@ -23,11 +28,13 @@ lazily; onnxruntime is not needed to build a graph.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, assert_never
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from ..core.model import Activation, CheckedModel, ConcreteModel, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
+from ..core.model import CheckedModel, ConcreteModel, Layer, Op
+from ..core.ops import Activation, Conv, Dense, Dropout, Pool, definition, out_size
 
 if TYPE_CHECKING:
     import onnx
@@ -46,59 +53,31 @@ def _safe(name: str) -> str:
 
 
 def to_onnx(model: CheckedModel | ConcreteModel, weights: Mapping[str, np.ndarray],
-            sizes: Mapping[str, int] | None = None, *, opset: int = DEFAULT_OPSET,
+            sizes: Mapping[str, int] | None = None, *, opset: int | None = None,
             input_name: str = "x", output_name: str = "y") -> "onnx.ModelProto":
-    """The network as a checked ONNX model with a symbolic batch dimension ``N``."""
+    """The network as a checked ONNX model with a symbolic batch dimension ``N``.
+
+    ``opset``: by default :data:`DEFAULT_OPSET`, or 22 where a ceil-mode pool needs that opset's
+    rule (:func:`_ceil_mode_needs_opset_22`); an explicit lower opset for such a network is a
+    ``ValueError``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     cm = _concrete(model, sizes)
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
+    needs_22 = [layer.name for layer, in_shape, _, op in cm.layers if _ceil_mode_needs_opset_22(op, in_shape)]
+    if opset is None:
+        opset = 22 if needs_22 else DEFAULT_OPSET
+    elif needs_22 and opset < 22:
+        raise ValueError(f"{needs_22[0]}: ceil mode adds a last window on one axis and drops one on the other, "
+                         f"which ONNX expresses from opset 22 on (asked for {opset})")
+    g = _Graph(helper, numpy_helper, weights, opset)
     cur = input_name
     last = len(cm.layers) - 1
-
-    def init(name: str, arr) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name))
-        return name
-
-    for i, (layer, _in_shape, _out_shape, op) in enumerate(cm.layers):
+    for i, (layer, in_shape, _out_shape, op) in enumerate(cm.layers):
         out = output_name if i == last else _safe(layer.name)
-        nm = _safe(layer.name)
-        match op:
-            case Conv(kernel=(kh, kw), stride=(sh, sw), padding=(t, b, l, r), dilation=(dh, dw), groups=g,
-                      bias=bias):
-                ins = [cur, init(f"{nm}.weight", weights[f"{layer.name}.weight"])]
-                if bias:
-                    ins.append(init(f"{nm}.bias", weights[f"{layer.name}.bias"]))
-                nodes.append(helper.make_node("Conv", ins, [out], name=nm, kernel_shape=[kh, kw],
-                                              strides=[sh, sw], pads=[t, l, b, r], dilations=[dh, dw],
-                                              group=g))
-            case Pool(kind=kind, kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), ceil=ceil):
-                attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
-                             ceil_mode=int(ceil))
-                if kind == "max":
-                    nodes.append(helper.make_node("MaxPool", [cur], [out], name=nm, **attrs))
-                else:
-                    nodes.append(helper.make_node("AveragePool", [cur], [out], name=nm, count_include_pad=1,
-                                                  **attrs))
-            case GlobalAvgPool():
-                nodes.append(helper.make_node("GlobalAveragePool", [cur], [out], name=nm))
-            case Flatten():
-                nodes.append(helper.make_node("Flatten", [cur], [out], name=nm, axis=1))
-            case Dense(bias=bias):
-                ins = [cur, init(f"{nm}.weight", weights[f"{layer.name}.weight"])]
-                if bias:
-                    ins.append(init(f"{nm}.bias", weights[f"{layer.name}.bias"]))
-                nodes.append(helper.make_node("Gemm", ins, [out], name=nm, transB=1))
-            case Activation(kind=kind):
-                onnx_op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[kind]
-                nodes.append(helper.make_node(onnx_op, [cur], [out], name=nm))
-            case Softmax():
-                nodes.append(helper.make_node("Softmax", [cur], [out], name=nm, axis=1))
-            case _:
-                assert_never(op)
+        _EXPORTERS[definition(op).onnx](g, layer, op, in_shape, cur, out)
         cur = out
+    nodes, inits = g.nodes, g.inits
     if not cm.layers:  # an empty model is the identity
         nodes.append(helper.make_node("Identity", [input_name], [output_name], name="identity"))
 
@@ -112,8 +91,99 @@ def to_onnx(model: CheckedModel | ConcreteModel, weights: Mapping[str, np.ndarra
     return proto
 
 
+@dataclass
+class _Graph:
+    """The graph being built: nodes, initializers, and the weights they come from."""
+
+    helper: Any
+    numpy_helper: Any
+    weights: Mapping[str, np.ndarray]
+    opset: int
+    nodes: list[Any] = field(default_factory=list)
+    inits: list[Any] = field(default_factory=list)
+
+    def node(self, op_type: str, inputs: list[str], out: str, layer: Layer, **attrs: Any) -> None:
+        self.nodes.append(self.helper.make_node(op_type, inputs, [out], name=_safe(layer.name), **attrs))
+
+    def params(self, layer: Layer, bias: bool) -> list[str]:
+        """The initializer names of the layer's weight (and bias)."""
+        names = []
+        for key in ("weight", "bias") if bias else ("weight",):
+            name = f"{_safe(layer.name)}.{key}"
+            arr = np.ascontiguousarray(self.weights[f"{layer.name}.{key}"], dtype=np.float32)
+            self.inits.append(self.numpy_helper.from_array(arr, name))
+            names.append(name)
+        return names
+
+
+def _conv(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+    assert isinstance(op, Conv)
+    t, b, l, r = op.padding
+    g.node("Conv", [x, *g.params(layer, op.bias)], y, layer, kernel_shape=list(op.kernel),
+           strides=list(op.stride), pads=[t, l, b, r], dilations=list(op.dilation), group=op.groups)
+
+
+def _ceil_mode_needs_opset_22(op: Op, shape: tuple[int, ...]) -> bool:
+    """Before opset 22 ONNX's ceil mode keeps a last window that starts in the end padding, which
+    PyTorch (and the language) drop.  Where ceil mode adds no window to floor mode the pooling is
+    floor mode's (exported so); where it adds one that starts inside the input, every opset
+    agrees.  Only an axis that adds a window beside one that would keep a dropped one needs 22."""
+    if not isinstance(op, Pool) or not op.ceil:
+        return False
+    axes = list(zip(shape[1:], op.kernel, op.stride, op.padding))
+    adds = [out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False) for n, k, s, p in axes]
+    keeps = [out_size(n, k, s, p, p, 1, True) != -(-(n + 2 * p - k) // s) + 1 for n, k, s, p in axes]
+    return any(adds) and any(keeps)
+
+
+def _pool(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+    assert isinstance(op, Pool)
+    ph, pw = op.padding
+    adds_window = any(out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False)
+                      for n, k, s, p in zip(shape[1:], op.kernel, op.stride, op.padding))
+    attrs: dict[str, Any] = dict(kernel_shape=list(op.kernel), strides=list(op.stride), pads=[ph, pw, ph, pw],
+                                 ceil_mode=int(op.ceil and (adds_window or g.opset >= 22)))
+    if op.kind == "max":
+        g.node("MaxPool", [x], y, layer, **attrs)
+    else:
+        g.node("AveragePool", [x], y, layer, count_include_pad=int(op.count_pad), **attrs)
+
+
+def _dense(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+    assert isinstance(op, Dense)
+    g.node("Gemm", [x, *g.params(layer, op.bias)], y, layer, transB=1)
+
+
+def _activation(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+    assert isinstance(op, Activation)
+    g.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op.kind], [x], y, layer)
+
+
+def _dropout(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+    assert isinstance(op, Dropout)
+    if g.opset >= 12:  # the ratio became an input; training_mode defaults to false
+        ratio = f"{_safe(layer.name)}.ratio"
+        g.inits.append(g.numpy_helper.from_array(np.array(op.p, dtype=np.float32), ratio))
+        g.node("Dropout", [x, ratio], y, layer)
+    else:
+        g.node("Dropout", [x], y, layer, ratio=op.p)
+
+
+_EXPORTERS: dict[str, Callable[[_Graph, Layer, Op, tuple[int, ...], str, str], None]] = {
+    "conv": _conv,
+    "pool": _pool,
+    "global_avgpool": lambda g, layer, op, shape, x, y: g.node("GlobalAveragePool", [x], y, layer),
+    "flatten": lambda g, layer, op, shape, x, y: g.node("Flatten", [x], y, layer, axis=1),
+    "dense": _dense,
+    "activation": _activation,
+    "softmax": lambda g, layer, op, shape, x, y: g.node("Softmax", [x], y, layer, axis=1),
+    "dropout": _dropout,
+}
+"""One exporter per op, under the op registry's ``onnx`` name (``core/ops.py``)."""
+
+
 def save_onnx(model: CheckedModel | ConcreteModel, weights: Mapping[str, np.ndarray], path: str,
-              sizes: Mapping[str, int] | None = None, *, opset: int = DEFAULT_OPSET) -> None:
+              sizes: Mapping[str, int] | None = None, *, opset: int | None = None) -> None:
     import onnx
 
     onnx.save(to_onnx(model, weights, sizes, opset=opset), path)
