@@ -339,7 +339,8 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
 
     ``stage`` is one of ``convdsl.core.stages.STAGES``, in pipeline order: ``ast`` (the syntax
     tree of the whole file, :func:`convdsl.frontend.ast.format_program`), ``model`` (the checked,
-    flattened model, :func:`convdsl.core.model.format_model`), ``loops`` (the loop IR), ``llvm``
+    flattened model, :func:`convdsl.core.model.format_model`), ``plan`` (the per-stage lowering
+    decisions, :func:`convdsl.backend.plan.format_plan`), ``loops`` (the loop IR), ``llvm``
     (the optimised LLVM IR), ``asm`` (host assembly), all text, and ``obj`` (an ELF object for the
     host, bytes).  ``model`` picks the model (default: the only or last one); ``sizes`` binds
     symbolic sizes for the stages from ``loops`` on (default: the smallest valid); ``ast`` and
@@ -354,7 +355,48 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
     m = program.model(model)
     if stage == "model":
         return format_model(m)
+    if stage == "plan":
+        from .backend.plan import format_plan, plan
+
+        return format_plan(plan(m.bind(resolve_sizes(m, sizes)), schedule or Schedule.for_host()))
     compiled, _ = compile_code(program, m, sizes, schedule=schedule, cache=cache)
     if stage == "obj":
         return compiled.object_code()
     return {"loops": compiled.loops, "llvm": compiled.llvm_ir, "asm": compiled.asm}[stage]
+
+
+def time_passes(program: Program | str | os.PathLike, *, model: str | None = None,
+                sizes: Mapping[str, int] | None = None,
+                schedule: Schedule | None = None) -> tuple[tuple[str, float], ...]:
+    """How long each stage of the pipeline takes on ``program``: ``(stage, seconds)`` in pipeline
+    order (parse, check, bind, plan, lower+verify, codegen, llvm), as LLVM's ``-time-passes``.
+
+    The stages run once more from the program's text, the back end without the compile cache, so
+    that every figure is a real run of its stage.  :func:`format_timings` prints them.
+    """
+    from .backend.driver import build
+    from .frontend.check import check
+    from .frontend.parse import parse
+
+    if not isinstance(program, Program):
+        program = load(program)
+    times: list[tuple[str, float]] = []
+    t = time.perf_counter()
+    tree, _ = parse(program.checked.text, program.checked.file)
+    times.append(("parse", time.perf_counter() - t))
+    t = time.perf_counter()
+    if tree is not None:
+        check(tree)
+    times.append(("check", time.perf_counter() - t))
+    m = program.model(model)
+    t = time.perf_counter()
+    concrete = m.bind(resolve_sizes(m, sizes))
+    times.append(("bind", time.perf_counter() - t))
+    return tuple(times) + build(concrete, schedule or Schedule.for_host()).timings
+
+
+def format_timings(timings: tuple[tuple[str, float], ...]) -> str:
+    """A :func:`time_passes` result as a table: milliseconds, share of the total, stage."""
+    from .backend.driver import format_timings as fmt
+
+    return fmt(timings)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 from conftest import EXAMPLES, ROOT
 from test_check import _compare_golden
@@ -90,6 +92,32 @@ def test_loops_are_the_networks_loop_ir(capsys, tmp_path):
     path = tmp_path / "lenet.loops"
     code, _, err = cli(capsys, "compile", LENET, "--emit", "loops", "-o", str(path))
     assert code == 0 and path.read_text() == out and f"wrote {path}" in err
+
+
+def test_plan_is_the_planning_pass(capsys):
+    """``--emit plan`` prints what backend.plan decided, at the host's width (the golden files of
+    tests/golden/stages hold both widths)."""
+    from convdsl.backend.plan import format_plan, plan
+    from convdsl.backend.schedule import Schedule
+
+    code, out, err = cli(capsys, "compile", LENET, "--emit", "plan")
+    assert code == 0 and err == ""
+    m = convdsl.load(LENET).model()
+    assert out == format_plan(plan(m.bind(m.sizes()), Schedule.for_host()))
+    assert out.startswith("plan LeNet") and "conv1: conv(6, kernel=5, padding=2)" in out
+    assert convdsl.emit(LENET, "plan", schedule=Schedule.for_width(8)) == \
+        (Path(__file__).parent / "golden" / "stages" / "lenet.LeNet.w8.plan").read_text()
+
+
+def test_time_passes_lists_every_stage(capsys):
+    code, out, err = cli(capsys, "compile", LENET, "--emit", "model", "--time-passes")
+    assert code == 0 and out.startswith("model LeNet")
+    stages = [line.split("%", 1)[1].strip() for line in err.splitlines() if "%" in line]
+    assert stages == ["parse", "check", "bind", "plan", "lower + verify", "codegen",
+                      "llvm (optimise, object code, load)"]
+    assert "total" in err.splitlines()[-1]
+    timings = convdsl.time_passes(LENET)
+    assert [name for name, _ in timings][:3] == ["parse", "check", "bind"] and all(s >= 0 for _, s in timings)
 
 
 def test_emit_api_and_bad_stage(capsys):

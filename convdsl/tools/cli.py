@@ -217,6 +217,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = pick_model(program, args.model)
     sizes = check_size_option(model, parse_sizes(args.size))
     data = convdsl.emit(program, args.emit, model=model.name, sizes=sizes, cache=not args.no_cache)
+    _time_passes(args, program, model.name, sizes)
     out = args.output
     if args.emit == "obj" and out is None:  # machine code is not for a terminal
         out = os.path.splitext(os.path.basename(args.file))[0] + ".o"
@@ -235,6 +236,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out}: {e.strerror}") from None
     print(f"wrote {out} ({len(data):,} bytes, {args.emit}, model {model.name})", file=sys.stderr)
     return EXIT_OK
+
+
+def _time_passes(args: argparse.Namespace, program, model: str, sizes) -> None:
+    """``--time-passes``: the time of each stage, on stderr (the stages run once more, uncached)."""
+    if getattr(args, "time_passes", False):
+        import convdsl
+
+        timings = convdsl.time_passes(program, model=model, sizes=sizes)
+        print(convdsl.format_timings(timings), file=sys.stderr, end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,12 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "loop IR, the optimised LLVM IR, assembly or an object file")
     k.add_argument("file", metavar="FILE.conv")
     k.add_argument("--emit", choices=stages.STAGES, required=True,
-                   help="what to write: a stage of the pipeline as text (ast, model, loops), the optimised "
+                   help="what to write: a stage of the pipeline as text (ast, model, plan, loops), the optimised "
                    "LLVM IR (llvm), host assembly (asm) or an object file (obj)")
     k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj)")
     k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
     k.add_argument("--size", metavar="H=..,W=..", help="bind symbolic sizes (default: the smallest valid)")
     k.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
+    k.add_argument("--time-passes", action="store_true", help="print how long each stage of the pipeline takes "
+                   "(to stderr), as LLVM's -time-passes")
     k.set_defaults(func=cmd_compile)
 
     from .bench import add_bench_parser  # stdlib-only at import; numpy/torch load when bench runs
