@@ -35,6 +35,31 @@ class Span:
 
 Severity = Literal["error", "warning"]
 
+CODES: Mapping[str, str] = {
+    # the code of every diagnostic convdsl emits (``Diagnostic.code``, in ``check --json``), with
+    # what it means: one registry, so that codes are not spelled differently in two places and a
+    # tool reading the JSON can rely on the list
+    "syntax": "the text is not a program: an unexpected character or token, a bracket left open",
+    "not-text": "the file is not UTF-8 text",
+    "bad-expression": "an expression a shape or an argument cannot hold (a division by zero, ...)",
+    "bad-shape": "a shape that is not [N, C, H, W] or [N, F] where one is needed",
+    "bad-argument": "an op's or block's argument is missing, repeated, of the wrong kind or out of range",
+    "unknown-argument": "an op has no argument of that name",
+    "unknown-name": "a name that is neither a shape symbol nor a block parameter",
+    "unknown-op": "a layer whose op is neither a built-in op nor a block",
+    "duplicate-name": "two models, blocks or layers with one name",
+    "empty": "a model, block or repeat body with no layer",
+    "no-model": "the file defines no model",
+    "rank": "an op given a tensor of the wrong rank (dense on [N, C, H, W], ...)",
+    "size": "a layer whose output would be empty (a size below 1)",
+    "shape-mismatch": "a declared shape that is not the computed one",
+    "signature": "a block's declared signature that its body does not produce",
+    "where": "a where clause that cannot hold, or a layer it does not keep non-empty",
+    "recursion": "a block that uses itself, directly or through others",
+    "drop": "(warning) input rows or columns that no window reads",
+    "internal": "a bug in convdsl: please report it with the file",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Note:
@@ -49,6 +74,10 @@ class Diagnostic:
     message: str
     span: Span
     notes: tuple[Note, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.code not in CODES:  # a slip in convdsl, caught by its tests
+            raise ValueError(f"diagnostic code {self.code!r} is not in core.diagnostics.CODES")
 
     def to_json(self) -> dict:
         return {
