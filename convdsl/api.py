@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
@@ -32,6 +33,7 @@ from .frontend import Checked, check_file, check_source
 from .frontend import ast as syntax
 from .frontend.check import CheckResult
 from .runtime.boundary import BoundaryError, bind_input, check_sizes, load_weights, random_weights, validate_weights
+from .runtime.limits import LimitError, check_model, threads_cap
 
 if TYPE_CHECKING:  # (imported when compiling: it loads LLVM)
     from .runtime.compiled import CompiledModel, PackedWeights
@@ -104,6 +106,47 @@ def resolve_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None, o
     return env
 
 
+def check_limits(model: CheckedModel, sizes: Mapping[str, int] | None = None) -> dict[str, int]:
+    """:func:`resolve_sizes`, and then every size of the model at those values (each layer's output
+    per image, its weights, its op's arguments) against the caps of ``docs/limits.md``: a
+    :class:`~convdsl.runtime.limits.LimitError` (a ``BoundaryError``) naming the layer, the cap and
+    the environment variable that raises it.  What compiling does first; for checking sizes before
+    making anything of them (``convdsl run`` draws its random batch after this)."""
+    env = resolve_sizes(model, sizes)
+    check_model(model.bind(env))
+    return env
+
+
+def max_threads() -> int:
+    """The most threads a network runs on: ``$CONVDSL_MAX_THREADS``, else the cores this process may
+    use.  ``threads=`` beyond it is clamped to it (more threads than cores only wait for each other)."""
+    return threads_cap()
+
+
+def _threads(t: object) -> int:
+    """A ``threads=`` argument as the count to run on: an integer of at least 1, clamped to
+    :func:`max_threads` (the one meaning both ``compile`` and ``Network.__call__`` give it)."""
+    if type(t) is not int:
+        if not isinstance(t, (int, np.integer)) or isinstance(t, bool):
+            raise BoundaryError(f"threads must be an integer, got {type(t).__name__} {t!r}")
+        t = int(t)
+    if t < 1:
+        raise BoundaryError(f"threads must be at least 1 (or None for every core), got {t}")
+    return min(t, threads_cap())
+
+
+def _frozen(weights: Mapping[str, np.ndarray], owned: bool) -> dict[str, np.ndarray]:
+    """The weights as read-only arrays no caller can change: a network compiles each new binding
+    from them, so an array edited after ``compile`` would otherwise change only the sizes not
+    compiled yet.  ``owned`` (fresh arrays read from a file) are frozen in place, others copied."""
+    out = {}
+    for k, v in weights.items():
+        arr = v if owned and isinstance(v, np.ndarray) else np.array(v, copy=True)
+        arr.flags.writeable = False
+        out[k] = arr
+    return out
+
+
 @dataclass(frozen=True)
 class HostCPU:
     """The machine the code is compiled for, as LLVM sees it."""
@@ -141,15 +184,18 @@ class Network:
 
     def __init__(self, program: Program, model: CheckedModel, weights: Mapping[str, np.ndarray] | None,
                  weights_origin: str, *, seed: int = 0, schedule: Schedule | None = None,
-                 cache: bool = True, threads: int | None = None) -> None:
+                 cache: bool = True, threads: int | None = None, _owned: bool = False) -> None:
         self.program = program
         self.model = model
         self.schedule = schedule or Schedule.for_host()
         self.cache = cache
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads_cap() if threads is None else _threads(threads)
+        if threads is not None and self.threads < threads:
+            warnings.warn(f"threads={threads}: using {self.threads}, the most this process runs on "
+                          "(its usable cores; CONVDSL_MAX_THREADS raises the cap)", RuntimeWarning, stacklevel=3)
         self.seed = seed
         self.weights_origin = weights_origin
-        self._weights = None if weights is None else dict(weights)
+        self._weights = None if weights is None else _frozen(weights, _owned)
         self._bindings: dict[tuple[tuple[str, int], ...], _Binding] = {}
         self._lock = threading.Lock()
         self.last_compile: "CompileStats | None" = None
@@ -213,13 +259,7 @@ class Network:
     # ------------------------------------------------------------------ calling
     def __call__(self, x: object, threads: int | None = None) -> np.ndarray:
         """Run the network; ``x`` is checked (rank, dtype, sizes) before native code sees it."""
-        t = self.threads if threads is None else threads
-        if type(t) is not int:
-            if not isinstance(t, (int, np.integer)) or isinstance(t, bool):
-                raise BoundaryError(f"threads must be an integer, got {type(t).__name__} {t!r}")
-            t = int(t)
-        if t < 1:
-            raise BoundaryError(f"threads must be at least 1, got {t}")
+        t = self.threads if threads is None else _threads(threads)
         last = self._last
         # Fast path for the common loop over same-sized batches: an array of exactly the kind the
         # last call validated (float32, C-contiguous, same rank and per-image shape, N >= 1) needs
@@ -291,6 +331,7 @@ def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int]
     env = resolve_sizes(model, sizes)
     schedule = schedule or Schedule.for_host()
     concrete = model.bind(env)
+    check_model(concrete)  # (before anything of those sizes is made)
     start = time.perf_counter()
     compiled = compile_model(concrete, schedule, program.checked.text if cache else None)
     return compiled, CompileStats(time.perf_counter() - start, compiled.cache_hit)
@@ -312,7 +353,16 @@ def compile(program: Program | str | os.PathLike,
     :class:`~convdsl.runtime.boundary.BoundaryError` naming the layer, the expected and
     the found shape.  A model whose input sizes are all fixed (but the batch)
     is compiled here; one with symbolic sizes compiles each binding on the
-    first call with those sizes (or ``bind``).
+    first call with those sizes (or ``bind``).  The weights are frozen here
+    (arrays given are copied): changing them afterwards changes nothing.
+    An ``.npz`` is judged from its zip directory and array headers first, and
+    only the model's arrays are read (:func:`~convdsl.runtime.boundary.load_weights`).
+
+    ``threads``: None for every core this process may use, else an integer of
+    at least 1, clamped (with a ``RuntimeWarning``) to :func:`max_threads`;
+    ``net(x, threads=T)`` takes the same values and clamps silently.
+    Sizes past a cap of ``docs/limits.md`` raise
+    :class:`~convdsl.runtime.limits.LimitError` when a binding is compiled.
     """
     if not isinstance(program, Program):
         program = load(program)
@@ -321,10 +371,13 @@ def compile(program: Program | str | os.PathLike,
         beside = weights_beside(program)
         weights = beside if os.path.isfile(beside) else None
     origin = "weights"
+    owned = False
     if isinstance(weights, (str, os.PathLike)):
         origin = os.fspath(weights)
-        weights = load_weights(weights)
-    net = Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads)
+        weights = load_weights(weights, m)  # (only the model's arrays are read, each checked first)
+        owned = True
+    net = Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads,
+                  _owned=owned)
     if all(isinstance(d, int) for d in m.input_shape[1:]):
         net.bind()  # one binding serves every call: compile now (and check the weights)
     elif weights is not None and all(isinstance(d, int) for shape in m.weight_shapes().values() for d in shape):

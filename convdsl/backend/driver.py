@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..core.model import ConcreteModel
 from . import cache
@@ -48,11 +49,12 @@ class Build:
 
 
 def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None,
-          check_bounds: bool | None = None) -> Build:
+          check_bounds: bool | None = None, admit: Callable[[Lowered], None] | None = None) -> Build:
     """Compile ``cm`` under ``schedule``; with ``source`` (the program's text, part of the key) the
     native code comes from, and goes to, the disk cache.  ``check_bounds`` (default: the
     environment's ``CONVDSL_CHECK_BOUNDS=1``) builds the bounds-checked debugging code
-    (:func:`.codegen.codegen`), never cached."""
+    (:func:`.codegen.codegen`), never cached.  ``admit`` sees the lowered program before any code
+    is made for it, and may raise (the runtime refuses a scratch arena past its cap there)."""
     if check_bounds is None:
         check_bounds = os.environ.get("CONVDSL_CHECK_BOUNDS", "") not in ("", "0")
     times: list[tuple[str, float]] = []
@@ -68,6 +70,8 @@ def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None,
     lap("plan")
     lowered = emit(p)
     lap("lower + verify")
+    if admit is not None:
+        admit(lowered)
     key = cache.cache_key(cm, schedule, source) if source is not None and not check_bounds else None
     jit = cache.load(key) if key is not None else None
     hit = jit is not None

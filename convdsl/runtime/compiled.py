@@ -61,6 +61,7 @@ from ..backend.jit import JitModule
 from ..backend.lower import Lowered, aligned_zeros
 from ..backend.schedule import Schedule
 from ..core.model import ConcreteModel
+from .limits import MAX_SCRATCH, check_scratch
 
 _FORWARD = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                             ctypes.c_int64)
@@ -204,6 +205,8 @@ class CompiledModel:
         tile, for a model with a dense tail), evened out so every thread gets the same number of
         whole chunks; a batch of fewer than ``threads`` tiles gives each thread one chunk."""
         tile = self.lowered.outer_tile or self.lowered.batch_tile
+        # every thread of a batch job has its own arena: no more of them than the scratch cap holds
+        threads = max(1, min(threads, MAX_SCRATCH.value() // max(1, 4 * self.program.scratch_size)))
         rounds = -(-n // (threads * tile))
         per = -(-n // (threads * rounds))
         helpers = min(threads, -(-n // per)) - 1
@@ -390,7 +393,9 @@ def compile_model(cm: ConcreteModel, schedule: Schedule | None = None, source: s
     """``cm`` compiled for the host (default schedule: ``Schedule.for_host()``); with ``source`` (the
     program text) through the disk cache (``CompiledModel.cache_hit`` says whether it hit)."""
     schedule = schedule or Schedule.for_host()
-    b = build(cm, schedule, source, check_bounds)
+    # (refused before any code is generated: a program whose one scratch arena is past the cap)
+    b = build(cm, schedule, source, check_bounds,
+              admit=lambda lowered: check_scratch(lowered.program.scratch_size, cm.model))
     compiled = CompiledModel(cm, schedule, b.lowered, b.jit, b.cache_hit)
     compiled.timings = b.timings
     return compiled

@@ -93,7 +93,9 @@ def _default_input(model, args, sizes):
         k = len(images)
         return images, labels, (f"{k} bundled handwritten digit{'s' if k != 1 else ''} (held-out part of "
                                 f"scikit-learn's load_digits){note}")
-    env = check_size_option(model, sizes)
+    from ..api import check_limits
+
+    env = check_limits(model, check_size_option(model, sizes))  # (before drawing a batch of those sizes)
     batch = args.batch or 1
     dims = [batch] + [sy.evaluate(d, {**env, "N": batch}) for d in model.input_shape[1:]]
     rng = np.random.default_rng(args.seed)
@@ -109,12 +111,31 @@ def _read_input(path: str, sizes: dict[str, int]):
 
     if not os.path.exists(path):
         raise UsageError(f"no such input file: {path}")
-    with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise BoundaryError(f"{path}: not a .npy array file (save one with numpy.save)")
+    if os.path.isdir(path):
+        raise UsageError(f"--input {path} is a directory, not a .npy array file")
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise BoundaryError(f"{path}: not a .npy array file (save one with numpy.save)")
+            f.seek(0)
+            # The header alone first: a shape of 2^40 elements in a 100-byte file is refused
+            # before anything of that size is allocated.
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+            shape, _, dtype = read_header(f)
+            need = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize
+            have = os.fstat(f.fileno()).st_size
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects, which would need pickle")
+        if have != need:
+            raise ValueError(f"its header says shape {list(shape)} {dtype} ({need:,} bytes), the file is {have:,}")
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, BoundaryError):
+            raise
         raise BoundaryError(f"{path}: not a readable .npy array ({e})") from None
     if not isinstance(x, np.ndarray):
         raise BoundaryError(f"{path}: holds several arrays; --input takes one .npy array")
@@ -133,17 +154,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import convdsl
+    import convdsl.api
     from ..api import weights_beside
 
     if args.batch is not None and args.batch < 1:
         raise UsageError("--batch must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    if args.threads is not None and args.threads > convdsl.api.max_threads():
+        cap = convdsl.api.max_threads()
+        print(f"note: --threads {args.threads}: using {cap}, the most this process runs on (its usable cores; "
+              "CONVDSL_MAX_THREADS raises the cap)", file=sys.stderr)
+        args.threads = cap
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     sizes = parse_sizes(args.size)
     if args.output:
         folder = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise UsageError(f"--output {args.output} is a directory; give the name of the .npy file to write")
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write --output {args.output}: no writable directory {folder}")
     program = load_program(args.file)
@@ -202,7 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"accuracy: {correct}/{len(labels)} = {100 * correct / len(labels):.1f}%{note}")
     if args.output:
         try:
-            np.save(args.output, y)
+            with open(args.output, "wb") as f:  # (the name as given: numpy.save would add .npy to it)
+                np.save(f, y)
         except OSError as e:
             raise UsageError(f"cannot write {args.output}: {e.strerror}") from None
         print(f"saved output to {args.output}")
@@ -227,7 +257,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
             return EXIT_OK
         data = data.encode()
     elif out == "-":
-        sys.stdout.buffer.write(data)
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is None:
+            raise UsageError("-o -: this standard output takes text only; write the object to a file with -o FILE")
+        if sys.stdout.isatty():
+            raise UsageError("-o -: not writing an object file to a terminal; redirect it (> FILE) or use -o FILE")
+        sys.stdout.flush()
+        binary.write(data)
+        binary.flush()
         return EXIT_OK
     try:
         with open(out, "wb") as f:
@@ -310,6 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         if e.args and e.args[0]:
             print(f"convdsl: error: {e.args[0]}", file=sys.stderr)
+        return EXIT_INPUT
+    except ValueError as e:
+        # A weights file, input or size the model cannot take (a BoundaryError, a LimitError among
+        # them) wherever a command meets it; any other ValueError is a bug and keeps its traceback.
+        from ..runtime.boundary import BoundaryError
+
+        if not isinstance(e, BoundaryError):
+            raise
+        print(f"convdsl: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         return 130

@@ -114,4 +114,6 @@ def weights_option(path: str | None) -> "str | Beside":
         return BESIDE
     if not os.path.exists(path):
         raise UsageError(f"no such weights file: {path}")
+    if os.path.isdir(path):
+        raise UsageError(f"--weights {path} is a directory, not an .npz weights file")
     return path
