@@ -33,7 +33,7 @@ from .frontend import Checked, check_file, check_source
 from .frontend import ast as syntax
 from .frontend.check import CheckResult
 from .runtime.boundary import BoundaryError, bind_input, check_sizes, load_weights, random_weights, validate_weights
-from .runtime.limits import LimitError, check_model, threads_cap
+from .runtime.limits import check_model, threads_cap
 
 if TYPE_CHECKING:  # (imported when compiling: it loads LLVM)
     from .runtime.compiled import CompiledModel, PackedWeights
@@ -218,9 +218,11 @@ class Network:
         The given weights as checked against the model, or the seeded random ones (the same
         arrays every time): what another implementation needs to compute the same function
         (``convdsl bench`` builds its competitors from them).  Raises :class:`BoundaryError` for
-        weights that do not fit.
+        weights that do not fit.  The arrays are the caller's: writable, and shared with nothing
+        (the network's own are frozen, and another framework may write to what it is given).
         """
-        return self._weights_at(resolve_sizes(self.model, sizes))
+        return {k: v if v.flags.writeable else v.copy()
+                for k, v in self._weights_at(resolve_sizes(self.model, sizes)).items()}
 
     def _weights_at(self, env: Mapping[str, int]) -> dict[str, np.ndarray]:
         if self._weights is None:

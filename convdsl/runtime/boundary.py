@@ -18,10 +18,9 @@ import numpy as np
 
 from ..core import symbolic as sy
 from ..core.model import CheckedModel, Conv, Dense
+from .errors import BoundaryError
+from .limits import MAX_ELEMENTS
 
-
-class BoundaryError(ValueError):
-    """A weights file or input array that does not fit the model."""
 
 
 def _fmt(shape) -> str:
@@ -86,8 +85,6 @@ def load_weights(path: str | os.PathLike, model: CheckedModel | None = None) -> 
 
 def _members(path: str, zf: zipfile.ZipFile) -> dict[str, _Member]:
     """Every array of the archive, from its directory entry and header alone."""
-    from .limits import MAX_ELEMENTS
-
     out: dict[str, _Member] = {}
     seen: set[str] = set()
     for info in zf.infolist():

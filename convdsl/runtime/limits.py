@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 
 from ..core.diagnostics import Span
 from ..core.model import CheckedModel, ConcreteModel, Conv, Dense, Pool, weight_shapes
-from .boundary import BoundaryError
+from .errors import BoundaryError
 
 DOC = "docs/limits.md"
 

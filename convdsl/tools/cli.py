@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         # A weights file, input or size the model cannot take (a BoundaryError, a LimitError among
         # them) wherever a command meets it; any other ValueError is a bug and keeps its traceback.
-        from ..runtime.boundary import BoundaryError
+        from ..api import BoundaryError
 
         if not isinstance(e, BoundaryError):
             raise
