@@ -31,7 +31,7 @@ for name in lenet lenet_relu; do
         --wait-idle "${WAIT_IDLE:-300}" "$@" \
         > "$out.tmp"
     mv "$out.tmp" "$out"
-    "$PYTHON" -m convdsl.bench "$out"
+    "$PYTHON" -m convdsl.tools.bench "$out"
     echo
 done
 echo "wrote bench/results/lenet.json bench/results/lenet_relu.json" >&2
