@@ -138,7 +138,10 @@ def _ort(model, w, x):
 
 
 def _everywhere(src: str, batch: int = 3, seed: int = 0):
-    """convdsl (compiled), the numpy reference, PyTorch and ONNX Runtime on one program."""
+    """convdsl (compiled), the numpy reference, the bench's numpy engine, PyTorch and ONNX Runtime on
+    one program."""
+    from convdsl.tools.bench import numpy_forward
+
     program = convdsl.loads(src)
     m = program.model()
     cm = m.bind(m.sizes())
@@ -147,7 +150,8 @@ def _everywhere(src: str, batch: int = 3, seed: int = 0):
     x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
     net = convdsl.compile(program, w, cache=False)
     got = net(x)
-    for name, other in (("reference", run_reference(cm, w, x)), ("torch", _torch(cm, w, x)),
+    for name, other in (("reference", run_reference(cm, w, x)), ("numpy engine", numpy_forward(cm, w)(x)),
+                        ("torch", _torch(cm, w, x)),
                         ("onnxruntime", _ort(m, w, x))):
         np.testing.assert_allclose(got, other, rtol=RTOL, atol=ATOL, err_msg=name)
     return got

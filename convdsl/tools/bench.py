@@ -90,7 +90,7 @@ def numpy_forward(cm, weights: Mapping[str, Any]) -> Callable[[Any], Any]:
     """
     import numpy as np
 
-    from ..core.model import Activation, Conv, Dense, Flatten, GlobalAvgPool, Pool, Softmax
+    from ..core.model import Activation, Conv, Dense, Dropout, Flatten, GlobalAvgPool, Pool, Softmax
 
     f32 = np.float32
     steps: list[Callable] = []
@@ -109,10 +109,12 @@ def numpy_forward(cm, weights: Mapping[str, Any]) -> Callable[[Any], Any]:
                 oc, oh, ow = out_shape
                 steps.append(_np_conv(mats, bias, (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw), g, cg, og,
                                       oh, ow))
-            case Pool(kind=kind, kernel=k, stride=s, padding=p):
+            case Pool(kind=kind, kernel=k, stride=s, padding=p, count_pad=cp):
                 c, h, w_ = in_shape
                 _, oh, ow = out_shape
-                steps.append(_np_pool(kind, k, s, p, (h, w_), (oh, ow)))
+                steps.append(_np_pool(kind, k, s, p, (h, w_), (oh, ow), cp))
+            case Dropout():  # the identity when running
+                pass
             case GlobalAvgPool():
                 steps.append(lambda x: x.mean(axis=(1, 2), keepdims=True, dtype=f32))
             case Flatten():
@@ -195,7 +197,7 @@ def _np_conv(mats, bias, kernel, stride, pads, dilation, groups, cg, og, oh, ow)
     return conv
 
 
-def _np_pool(kind, kernel, stride, padding, in_hw, out_hw):
+def _np_pool(kind, kernel, stride, padding, in_hw, out_hw, count_pad=True):
     import numpy as np
 
     (kh, kw), (sh, sw), (ph, pw), (h, w), (oh, ow) = kernel, stride, padding, in_hw, out_hw
@@ -203,8 +205,12 @@ def _np_pool(kind, kernel, stride, padding, in_hw, out_hw):
     hp, wp = max(h + 2 * ph, (oh - 1) * sh + kh), max(w + 2 * pw, (ow - 1) * sw + kw)
     padded = (hp, wp) != (h, w)
     if kind == "avg":  # divisor: the window clipped to the padded input (count_include_pad, PyTorch's rule)
-        ch = np.array([min(o * sh - ph + kh, h + ph) - (o * sh - ph) for o in range(oh)], np.float32)
-        cw = np.array([min(o * sw - pw + kw, w + pw) - (o * sw - pw) for o in range(ow)], np.float32)
+        # (count_pad=false: the real cells only)
+        lo, hi_h, hi_w = (0, h, w) if not count_pad else (None, h + ph, w + pw)
+        ch = np.array([min(o * sh - ph + kh, hi_h) - (o * sh - ph if lo is None else max(o * sh - ph, 0))
+                       for o in range(oh)], np.float32)
+        cw = np.array([min(o * sw - pw + kw, hi_w) - (o * sw - pw if lo is None else max(o * sw - pw, 0))
+                       for o in range(ow)], np.float32)
         inv = (1.0 / (ch[:, None] * cw[None, :]))[:, :, None].astype(np.float32)
     fill = -np.inf if kind == "max" else 0.0
 
