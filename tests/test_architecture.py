@@ -144,3 +144,14 @@ def test_the_rules_are_seen():
     assert ("convdsl.core.model", ) and any(m == "convdsl.core.model" for m, _ in GRAPH["convdsl.backend.lower"])
     assert any(m == "convdsl.backend.loopir" for m, _ in GRAPH["convdsl.backend.codegen"])
     assert any(m.startswith("llvmlite") for m, _ in GRAPH["convdsl.backend.codegen"])
+
+
+def test_no_pickle_anywhere():
+    """No module imports pickle (or its kin), and lark is never asked for its table cache,
+    which is a pickle."""
+    for path in sorted(PKG.rglob("*.py")):
+        for mod, line in _imports(path):
+            assert mod.split(".")[0] not in ("pickle", "cPickle", "dill", "shelve", "marshal"), (path, line)
+        text = path.read_text()
+        assert "allow_pickle=True" not in text, path
+    assert "cache=" not in (PKG / "frontend" / "parse.py").read_text()

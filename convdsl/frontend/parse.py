@@ -24,12 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import lark
 from lark import Lark, Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken
 
 from ..core.diagnostics import Diagnostic, Note, Span, error
-from ..core.paths import cache_dir
 from . import ast
 
 __all__ = ["parse", "get_parser", "MAX_NESTING", "MAX_ERRORS"]
@@ -45,15 +43,9 @@ def get_parser() -> Lark:
     """The grammar, loaded once per process from ``convdsl/frontend/grammar/convdsl.lark``."""
     global _LARK
     if _LARK is None:
-        # Lark checks the cached tables against a hash of the grammar and its
-        # options, so a stale file is rebuilt, never trusted.
-        where = cache_dir()
-        cache = str(where / f"grammar-lark-{lark.__version__}.cache") if where else False
-        options = dict(parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=False)
-        try:
-            _LARK = _open_grammar(cache=cache, **options)
-        except (OSError, EOFError, ValueError):  # an unreadable or truncated cache file
-            _LARK = _open_grammar(**options)
+        # Built each process (about 40 ms), never loaded from lark's table cache: that cache is a
+        # pickle, and anyone who can write the cache directory could run code through it.
+        _LARK = _open_grammar(parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=False)
     return _LARK
 
 
