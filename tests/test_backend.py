@@ -834,3 +834,29 @@ def test_split_threshold():
     assert lower(cm, replace(VEC, split_macs=0)).program.stages == ()
     assert lower(cm, replace(VEC, split_macs=300_000)).program.stages  # LeNet: ~0.4 M MACs
 
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_budget_shrunken_batch_tile_matches_reference(images):
+    """A batch tile cut down by the scratch budget (1 and 3 images: ragged against every batch
+    below) computes what the reference does, on one thread and spread over threads, with and
+    without the intra-image split."""
+    m = net((3, 20, 20), conv(8, 3, padding=1), act("relu"), pool("max", 2), conv(16, 3, padding=1),
+            act("relu"), gap(), flatten(), dense(10))
+    cm = m.bind({})
+    rng = np.random.default_rng(images)
+    w = random_weights(cm, rng)
+    x = rng.standard_normal((7, *cm.input_shape)).astype(np.float32)
+    ref = run_reference(cm, w, x)
+    from convdsl.backend.plan import plan
+    per_image = plan(cm, replace(VEC, batch_tile=1)).steps
+    tile_bytes = 4 * sum(st.out.size for st in per_image if st.out is not None and st.level == "tile")
+    for split in (0, 1):
+        s = replace(VEC, scratch_budget=images * tile_bytes, split_macs=split)
+        c = compile_model(cm, s)
+        assert c.lowered.batch_tile == images
+        pw = c.pack_weights(w)
+        for t in (1, 2):
+            for n in (7, 1, 4):
+                np.testing.assert_allclose(c.run(x[:n], pw, threads=t), ref[:n], rtol=RTOL, atol=ATOL,
+                                           err_msg=f"split {split}, {t} threads, batch {n}")

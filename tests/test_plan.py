@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from convdsl.backend.lower import lower
-from convdsl.backend.plan import plan
+from convdsl.backend.plan import format_plan, plan
 from convdsl.backend.schedule import Schedule
-from netbuild import act, conv, dense, flatten, lenet, net, pool
+from netbuild import act, conv, dense, flatten, gap, lenet, net, pool
 
 S8, S16 = Schedule.for_width(8), Schedule.for_width(16)
 
@@ -101,3 +101,31 @@ def test_dense_tail_levels():
     direct = net((3, 8, 8), conv(8, 3), pool("max", 2), flatten(), dense(4000), dense(10))
     assert plan(direct.bind({}), S8).dense_tile == 0
     assert plan(lenet().bind({}), S8).dense_tile == 0  # 0.24 MB of dense weights: no tail
+
+
+def test_batch_tile_shrinks_to_the_scratch_budget():
+    """Scratch holds one batch tile per thread: past the budget the tile holds as many images as
+    fit (at least one), so big images do not cost a fixed 8 images of scratch per thread."""
+    m = net((3, 64, 64), conv(16, 3, padding=1), act("relu"), pool("max", 2), conv(32, 3), gap(), flatten(), dense(10))
+    cm = m.bind({})
+    full = plan(cm, S8)
+    per_image = 4 * sum(st.out.size for st in full.steps if st.out is not None and st.level == "tile")
+    assert full.batch_tile == S8.batch_tile
+    for images in (1, 3, 7):
+        p = plan(cm, replace(S8, scratch_budget=images * per_image + per_image // 2))
+        assert p.batch_tile == images
+        assert f"batch tile {images}" in format_plan(p)
+    assert plan(cm, replace(S8, scratch_budget=1)).batch_tile == 1  # never fewer than one image
+    assert plan(cm, replace(S8, scratch_budget=8 * per_image)).batch_tile == 8
+
+
+def test_intra_image_split_dropped_when_its_winograd_regions_break_the_budget():
+    m = net((16, 256, 256), conv(32, 3, padding=1), act("relu"), conv(32, 3, padding=1), gap(), flatten(), dense(10))
+    cm = m.bind({})
+    s = replace(S8, split_macs=1)
+    wide = plan(cm, s)
+    assert wide.split and wide.winograd_scratch != (0, 0)
+    need = 4 * sum(wide.winograd_scratch)
+    tight = plan(cm, replace(s, scratch_budget=need // 2))
+    assert not tight.split and tight.batch_tile == 1
+    assert 4 * sum(tight.winograd_scratch) < need // 4  # one chunk's U and M, not one per chunk

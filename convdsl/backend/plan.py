@@ -16,7 +16,7 @@ concrete sizes (every size but the batch known).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, assert_never
 
 import numpy as np
@@ -500,7 +500,33 @@ def _step(s: Schedule, st: _Stage, pool: _Stage | None, split: bool, out: Layout
 
 
 def plan(cm: ConcreteModel, schedule: Schedule) -> Plan:
-    """Every lowering decision for ``cm`` under ``schedule``."""
+    """Every lowering decision for ``cm`` under ``schedule``.
+
+    The batch tile is the schedule's unless a tile of that many images would need more scratch
+    than ``schedule.scratch_budget``: then it is the most images that fit, at least one.  Each
+    thread holds one tile, so scratch grows with the images a thread works on and not with a
+    fixed tile (a 2048 x 2048 map is ~0.7 GB per image: eight of them would be 5.5 GB a thread).
+    Likewise an intra-image split is dropped where its Winograd buffers would break the budget."""
+    budget = schedule.scratch_budget
+    p = _plan(cm, schedule)
+    per_image = _tile_bytes(p) // p.batch_tile
+    if p.batch_tile > 1 and per_image * p.batch_tile > budget:
+        schedule = replace(schedule, batch_tile=max(1, budget // max(1, per_image)))
+        p = _plan(cm, schedule)
+    if p.split and _tile_bytes(p) + 4 * sum(p.winograd_scratch) > budget and p.winograd_scratch != (0, 0):
+        # An intra-image split gives every Winograd chunk its own U/M region (the parts run at
+        # once), which is several times the image itself; past the budget each image runs on one
+        # thread instead (a batch still spreads over the threads).
+        p = _plan(cm, replace(schedule, split_macs=0))
+    return p
+
+
+def _tile_bytes(p: Plan) -> int:
+    """Bytes of the scratch buffers that hold a batch tile (the dense tail's and Winograd's aside)."""
+    return 4 * p.batch_tile * sum(st.out.size for st in p.steps if st.out is not None and st.level == "tile")
+
+
+def _plan(cm: ConcreteModel, schedule: Schedule) -> Plan:
     s = schedule
     V = s.vector_width
     T = s.batch_tile

@@ -27,6 +27,9 @@ class Schedule:
     dense_out_block: int = 3  # output-feature vectors per dense micro-kernel (max)
     dense_batch_block: int = 4  # images per dense micro-kernel (max)
     batch_tile: int = 8  # images per pass through the whole network (scratch holds one tile)
+    # bytes a batch tile's activations may take per thread; past it the tile shrinks (to one image
+    # at worst) so that big images do not cost batch_tile images of scratch each
+    scratch_budget: int = 512 << 20
     # a network ending in dense layers with at least this many bytes of weights runs them on tiles of
     # ``dense_tile`` images (rounded up to whole batch tiles), so their weights stream from memory
     # once per dense tile rather than once per batch tile (see convdsl.backend.lower)
@@ -52,7 +55,7 @@ class Schedule:
         assert self.vector_width >= 1 and self.vector_width & (self.vector_width - 1) == 0
         assert self.oc_block >= 1 and self.ow_block >= 1
         assert self.dense_out_block >= 1 and self.dense_batch_block >= 1
-        assert self.batch_tile >= 1 and self.dense_tile >= 1 and self.dense_tail_bytes >= 0
+        assert self.batch_tile >= 1 and self.scratch_budget >= 0 and self.dense_tile >= 1 and self.dense_tail_bytes >= 0
         assert self.winograd_min_channels >= 1
         assert self.split_macs >= 0
         assert self.fuse_pool in ("off", "auto", "always")

@@ -123,9 +123,11 @@ class CheckedModel:
 
 def _bind_op(op: Op, env: Mapping[str, int]) -> Op:
     """``op`` with every symbolic field (a conv's or dense layer's input size) evaluated."""
-    changes = {f.name: evaluate(v, env) for f in fields(op)
-               if not isinstance(v := getattr(op, f.name), (int, float, str, tuple))}
-    return replace(op, **changes) if changes else op
+    changes: dict[str, object] = {f.name: evaluate(v, env) for f in fields(op)
+                                  if not isinstance(v := getattr(op, f.name), (int, float, str, tuple))}
+    # replace() on a union of dataclasses cannot be typed field by field; the names come from
+    # fields(op) itself, so each is a field of this op's class.
+    return replace(op, **changes) if changes else op  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
