@@ -34,6 +34,7 @@ from .frontend import ast as syntax
 from .frontend.check import CheckResult
 from .runtime.boundary import BoundaryError, bind_input, check_sizes, load_weights, random_weights, validate_weights
 from .runtime.limits import check_model, threads_cap
+from .runtime.weights_io import save_weights
 
 if TYPE_CHECKING:  # (imported when compiling: it loads LLVM)
     from .runtime.compiled import CompiledModel, PackedWeights
@@ -83,15 +84,21 @@ class Beside:
 
 
 BESIDE = Beside()
-"""``weights=BESIDE``: the ``.npz`` beside the program (:func:`weights_beside`) if there is one, else
-seeded random weights.  The rule every command that needs weights (``convdsl run``, ``convdsl
+"""``weights=BESIDE``: the weights file beside the program (:func:`weights_beside`) if there is one,
+else seeded random weights.  The rule every command that needs weights (``convdsl run``, ``convdsl
 bench``) follows without ``--weights``; kept here so that it is written once."""
+
+BESIDE_EXTENSIONS = (".npz", ".safetensors")
+"""The weights files :data:`BESIDE` looks for next to ``FILE.conv``, in this order (a ``.pt`` is
+not among them: it needs torch, which convdsl does not)."""
 
 
 def weights_beside(program: "Program | str | os.PathLike") -> str:
-    """Where :data:`BESIDE` looks for weights: ``FILE.npz`` next to ``FILE.conv`` (whether or not it exists)."""
+    """Where :data:`BESIDE` finds weights: the first of ``FILE.npz``, ``FILE.safetensors`` next to
+    ``FILE.conv`` that exists, else ``FILE.npz`` (which then does not exist)."""
     file = program.file if isinstance(program, Program) else os.fspath(program)
-    return os.path.splitext(file)[0] + ".npz"
+    stem = os.path.splitext(file)[0]
+    return next((stem + e for e in BESIDE_EXTENSIONS if os.path.isfile(stem + e)), stem + BESIDE_EXTENSIONS[0])
 
 
 def resolve_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None, origin: str = "sizes") -> dict[str, int]:
@@ -224,6 +231,11 @@ class Network:
         return {k: v if v.flags.writeable else v.copy()
                 for k, v in self._weights_at(resolve_sizes(self.model, sizes)).items()}
 
+    def save_weights(self, path: str | os.PathLike, sizes: Mapping[str, int] | None = None) -> None:
+        """Write :meth:`weights` to ``path``, as ``.npz`` or ``.safetensors`` by its extension
+        (atomically: the file is complete or not there; :func:`save_weights`)."""
+        save_weights(path, self._weights_at(resolve_sizes(self.model, sizes)))
+
     def _weights_at(self, env: Mapping[str, int]) -> dict[str, np.ndarray]:
         if self._weights is None:
             return random_weights(self.model, env, self.seed)
@@ -347,9 +359,10 @@ def compile(program: Program | str | os.PathLike,
 
     ``program``: a :class:`Program` or a path to a ``.conv`` file.  ``weights``:
     a dict of arrays named ``LAYER.weight`` / ``LAYER.bias`` in PyTorch layouts,
-    a path to an ``.npz`` holding them, None for seeded random weights
-    (PyTorch's default initialisation), or :data:`BESIDE` for the ``.npz``
-    beside the program if there is one, else seeded random ones
+    a path to a weights file holding them (``.npz``, ``.safetensors``, or a PyTorch
+    ``state_dict`` ``.pt``/``.pth`` where torch is installed; see ``docs/weights.md``),
+    None for seeded random weights (PyTorch's default initialisation), or :data:`BESIDE`
+    for the weights file beside the program if there is one, else seeded random ones
     (``Network.weights_description`` says which).  Weights are checked against the model
     (names, shapes, dtypes) when a binding is compiled: a mismatch raises
     :class:`~convdsl.runtime.boundary.BoundaryError` naming the layer, the expected and
@@ -357,8 +370,9 @@ def compile(program: Program | str | os.PathLike,
     is compiled here; one with symbolic sizes compiles each binding on the
     first call with those sizes (or ``bind``).  The weights are frozen here
     (arrays given are copied): changing them afterwards changes nothing.
-    An ``.npz`` is judged from its zip directory and array headers first, and
-    only the model's arrays are read (:func:`~convdsl.runtime.boundary.load_weights`).
+    A file is judged from its directory or header first, and only the model's arrays
+    are read (:func:`~convdsl.runtime.weights_io.load_weights`); where its names are an
+    ``nn.Sequential``'s indices, the mapping to the model's layers is printed on stderr.
 
     ``threads``: None for every core this process may use, else an integer of
     at least 1, clamped (with a ``RuntimeWarning``) to :func:`max_threads`;

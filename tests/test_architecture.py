@@ -40,7 +40,7 @@ THIRD_PARTY = {  # what each part may import from outside the standard library
     "core": set(),
     "frontend": {"lark"},
     "backend": {"llvmlite", "numpy"},
-    "runtime": {"numpy"},
+    "runtime": {"numpy", "safetensors", "torch"},  # (both imported only to read a file of their format)
 }
 
 

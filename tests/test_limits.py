@@ -16,7 +16,7 @@ from conftest import EXAMPLES, ROOT
 
 import convdsl
 import convdsl.api
-from convdsl.runtime import boundary
+from convdsl.runtime import boundary, weights_io
 from convdsl.runtime.limits import LIMITS, MAX_DIM, MAX_ELEMENTS, MAX_SCRATCH, LimitError
 from convdsl.tools.cli import main
 
@@ -293,8 +293,8 @@ def test_npz_wrong_fixed_shape_is_reported_from_the_header(tmp_path, monkeypatch
     w["dense1.weight"] = np.zeros((120, 401), np.float32)
     np.savez(path, **w)
     read = []
-    real = boundary._read_member
-    monkeypatch.setattr(boundary, "_read_member", lambda p, z, name, m: read.append(name) or real(p, z, name, m))
+    real = weights_io._read_member
+    monkeypatch.setattr(weights_io, "_read_member", lambda p, z, name, m: read.append(name) or real(p, z, name, m))
     with pytest.raises(convdsl.BoundaryError, match=r"'dense1.weight' has shape \[120, 401\], expected \[120, 400\]"):
         convdsl.compile(LENET, str(path))
     assert read == []

@@ -9,9 +9,6 @@ or the axis at fault, never a crash inside native code.
 
 from __future__ import annotations
 
-import os
-import zipfile
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -19,134 +16,14 @@ import numpy as np
 from ..core import symbolic as sy
 from ..core.model import CheckedModel, Conv, Dense
 from .errors import BoundaryError
-from .limits import MAX_ELEMENTS
+from .limits import fmt_shape as _fmt
+from .weights_io import load_weights, weight_problems
 
-
-
-def _fmt(shape) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+__all__ = ["BoundaryError", "load_weights", "validate_weights", "weight_problems", "random_weights",
+           "expected_weights", "bind_input", "check_sizes"]  # (load_weights: kept here for its old callers)
 
 
 # ------------------------------------------------------------------ weights
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """One array of an ``.npz`` as its zip directory entry and ``.npy`` header describe it."""
-
-    info: zipfile.ZipInfo
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran: bool
-    data_offset: int  # bytes of the member before the array data (magic + header)
-
-
-def load_weights(path: str | os.PathLike, model: CheckedModel | None = None) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` of named arrays (never unpickling anything).
-
-    Everything is judged from the zip directory and each member's ``.npy`` header before any array
-    data is decompressed: a duplicate member, a member that is not an ``.npy`` array, a header that
-    disagrees with the member's size, an object dtype, or an array past the elements-per-image cap
-    (``docs/limits.md``) is an error without reading the data.  With ``model``, only the arrays it
-    has are read: an unexpected one, and one whose shape is known (from the model alone) to be
-    wrong, are reported from their headers, with the model's other mismatches.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except FileNotFoundError:
-        raise BoundaryError(f"{path}: no such weights file") from None
-    except IsADirectoryError:
-        raise BoundaryError(f"{path}: is a directory, not an .npz weights file") from None
-    except OSError as e:
-        raise BoundaryError(f"{path}: cannot read ({e.strerror})") from None
-    if magic == b"\x93NUMPY":
-        raise BoundaryError(f"{path}: holds a single array; weights are an .npz of named arrays "
-                            "(numpy.savez(path, **{'conv1.weight': ..., ...}))")
-    if not magic.startswith(b"PK"):
-        raise BoundaryError(f"{path}: not a valid .npz weights file (not a zip archive)")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = _members(path, zf)
-            if model is not None:
-                want: dict[str, tuple[int, ...] | None] = {
-                    k: tuple(v) if all(isinstance(d, int) for d in v) else None  # type: ignore[misc]
-                    for k, v in model.weight_shapes().items()}
-                found = {k: (m.shape, m.dtype) for k, m in members.items()}
-                problems = weight_problems(want, found)
-                if problems:
-                    raise BoundaryError(f"{path} do not fit model {model.name}:\n  " + "\n  ".join(problems))
-                members = {k: m for k, m in members.items() if k in want}
-            return {k: _read_member(path, zf, k, m) for k, m in members.items()}
-    except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
-        if isinstance(e, BoundaryError):
-            raise
-        raise BoundaryError(f"{path}: not a valid .npz weights file ({e})") from None
-
-
-def _members(path: str, zf: zipfile.ZipFile) -> dict[str, _Member]:
-    """Every array of the archive, from its directory entry and header alone."""
-    out: dict[str, _Member] = {}
-    seen: set[str] = set()
-    for info in zf.infolist():
-        if info.filename in seen:  # (zipfile would silently use the last one)
-            raise BoundaryError(f"{path}: holds two members named '{info.filename}'; "
-                                "which one is meant is not clear")
-        seen.add(info.filename)
-        if info.is_dir():
-            continue
-        if not info.filename.endswith(".npy"):
-            raise BoundaryError(f"{path}: member '{info.filename}' is not an .npy array")
-        name = info.filename[:-4]
-        with zf.open(info) as f:  # (reads, and decompresses, only the first block: the header)
-            try:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
-            except ValueError as e:
-                if "pickle" in str(e).lower() or "object" in str(e).lower():
-                    raise BoundaryError(f"{path}: '{name}' holds pickled objects, which convdsl does not load "
-                                        "(save plain arrays with numpy.savez)") from None
-                raise BoundaryError(f"{path}: '{name}' is not a readable .npy array ({e})") from None
-            offset = f.tell()
-        if dtype.hasobject:
-            raise BoundaryError(f"{path}: '{name}' holds pickled objects, which convdsl does not load "
-                                "(save plain arrays with numpy.savez)")
-        count = 1
-        for d in shape:
-            count *= d
-        if count > MAX_ELEMENTS.value():
-            raise MAX_ELEMENTS.exceeded(f"shape {_fmt(shape)} is {count:,} elements",
-                                        f"{path}: '{name}' (not read): ")
-        if info.file_size != offset + count * dtype.itemsize:
-            raise BoundaryError(f"{path}: '{name}' is damaged: its header says {_fmt(shape)} {dtype} "
-                                f"({offset + count * dtype.itemsize:,} bytes), the archive {info.file_size:,}")
-        out[name] = _Member(info, tuple(shape), dtype, fortran, offset)
-    return out
-
-
-def _read_member(path: str, zf: zipfile.ZipFile, name: str, m: _Member) -> np.ndarray:
-    """The array data of one member, read into a fresh array of exactly the size its header gave."""
-    flat = np.empty(int(np.prod(m.shape, dtype=np.int64)), m.dtype)
-    view = memoryview(flat).cast("B")
-    with zf.open(m.info) as f:
-        f.read(m.data_offset)
-        got = 0
-        while got < len(view):
-            k = f.readinto(view[got:])
-            if not k:
-                raise BoundaryError(f"{path}: '{name}' is damaged: it ends after {got:,} of {len(view):,} bytes")
-            got += k
-        if f.read(1):
-            raise BoundaryError(f"{path}: '{name}' is damaged: it holds more data than its header says")
-    if m.fortran:
-        return flat.reshape(m.shape[::-1]).T
-    return flat.reshape(m.shape)
-
-
 def expected_weights(model: CheckedModel, env: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     """Every parameter's concrete shape for the given symbol values, in layer order."""
     full = {"N": 1, **env}
@@ -158,7 +35,7 @@ def validate_weights(model: CheckedModel, env: Mapping[str, int], weights: Mappi
     """Return float32 C-contiguous copies of ``weights``, or raise listing every problem."""
     want = expected_weights(model, env)
     arrays = {k: np.asarray(v) for k, v in weights.items()}
-    problems = weight_problems(want, {k: (a.shape, a.dtype) for k, a in arrays.items()})
+    problems = weight_problems(want, {k: (a.shape, a.dtype.name) for k, a in arrays.items()})
     out: dict[str, np.ndarray] = {}
     for key, shape in want.items():
         arr = arrays.get(key)
@@ -171,31 +48,6 @@ def validate_weights(model: CheckedModel, env: Mapping[str, int], weights: Mappi
     if problems:
         raise BoundaryError(f"{origin} do not fit model {model.name}:\n  " + "\n  ".join(problems))
     return out
-
-
-def weight_problems(want: Mapping[str, tuple[int, ...] | None],
-                    found: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> list[str]:
-    """Every mismatch between the parameters a model wants (a shape, or None where it is not known
-    yet) and the arrays there are (shape, dtype): missing, extra, misshapen, not floating point."""
-    problems: list[str] = []
-    for key, shape in want.items():
-        layer = key.rsplit(".", 1)[0]
-        if key not in found:
-            expected = f" (expected shape {_fmt(shape)})" if shape is not None else ""
-            problems.append(f"layer {layer}: missing array '{key}'{expected}")
-            continue
-        got, dtype = found[key]
-        if dtype.kind != "f":  # integer weights are almost always a mistake (a label array, say)
-            problems.append(f"layer {layer}: '{key}' has dtype {dtype}, expected float32 "
-                            "(float16 and float64 are converted)")
-        elif shape is not None and tuple(got) != shape:
-            problems.append(f"layer {layer}: '{key}' has shape {_fmt(got)}, expected {_fmt(shape)}")
-    known = {k.rsplit(".", 1)[0] for k in want}
-    for key in sorted(set(found) - set(want)):
-        layer = key.rsplit(".", 1)[0]
-        why = "the model has no layer of that name" if layer not in known else f"layer {layer} has no such parameter"
-        problems.append(f"unexpected array '{key}' with shape {_fmt(found[key][0])}: {why}")
-    return problems
 
 
 def random_weights(model: CheckedModel, env: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from math import prod
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from ..core.diagnostics import Span
 from ..core.model import CheckedModel, ConcreteModel, Conv, Dense, Pool, weight_shapes
@@ -87,7 +87,14 @@ def _at(span: Span | None, subject: str) -> str:
     return f"{place}{subject}: "
 
 
-def _fmt(shape: tuple[int, ...]) -> str:
+def concrete(shape: Iterable[object]) -> tuple[int, ...] | None:
+    """``shape`` as integers, or None where a size is still symbolic."""
+    out = tuple(shape)
+    return out if all(isinstance(d, int) for d in out) else None  # type: ignore[return-value]
+
+
+def fmt_shape(shape: Iterable[object]) -> str:
+    """A shape as messages print it: ``[6, 1, 5, 5]``."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
@@ -96,10 +103,10 @@ def check_array(shape: tuple[int, ...], where: str) -> None:
     dim, elems = MAX_DIM.value(), MAX_ELEMENTS.value()
     for d in shape:
         if d > dim:
-            raise MAX_DIM.exceeded(f"{_fmt(shape)} has a size of {d:,}", where)
+            raise MAX_DIM.exceeded(f"{fmt_shape(shape)} has a size of {d:,}", where)
     n = prod(shape)
     if n > elems:
-        raise MAX_ELEMENTS.exceeded(f"{_fmt(shape)} is {n:,} elements", where)
+        raise MAX_ELEMENTS.exceeded(f"{fmt_shape(shape)} is {n:,} elements", where)
 
 
 def _op_arguments(op: object) -> tuple[int, ...]:
@@ -125,7 +132,9 @@ def check_model(cm: ConcreteModel) -> None:
                 raise MAX_DIM.exceeded(f"an argument of {a:,}", _at(layer.span, f"layer {layer.name}: {layer.text}"))
         if isinstance(op, (Conv, Dense)):
             for key, shape in weight_shapes(op).items():
-                check_array(tuple(int(d) for d in shape), _at(layer.span, f"layer {layer.name}: {layer.name}.{key}"))
+                ints = concrete(shape)
+                assert ints is not None  # (a bound model's ops hold integer sizes)
+                check_array(ints, _at(layer.span, f"layer {layer.name}: {layer.name}.{key}"))
 
 
 def check_sizes(model: CheckedModel, env: Mapping[str, int]) -> None:
