@@ -348,7 +348,7 @@ def safetensors_header(path: str) -> dict[str, _Tensor]:
     at, last = data_start, ""
     for begin, end, name in spans:
         if begin < at:
-            raise BoundaryError(f"{path}: '{name}' is damaged: its data overlaps that of '{last}' (the header lies)")
+            raise BoundaryError(f"{path}: is damaged: the data of '{last}' and '{name}' overlap (the header lies)")
         if begin > at:
             raise BoundaryError(f"{path}: is damaged: {begin - at:,} bytes before '{name}' belong to no tensor "
                                 "(the header lies)")
@@ -437,18 +437,24 @@ def _read_torch(path: str, model: CheckedModel | None, note: Note | None) -> dic
                             "it to .safetensors where torch is: safetensors.torch.save_file(torch.load(PATH, "
                             "weights_only=True), 'W.safetensors')") from None
     try:
-        try:  # (mapped: a tensor's data is not read until it is used, so shapes are judged first)
-            state = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            state = torch.load(path, weights_only=True, map_location="cpu")  # (the pre-1.6 format)
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise BoundaryError(f"{path}: cannot read ({e.strerror})") from None
+    zipped = magic.startswith(b"PK")
+    if not zipped and magic[:3] != b"\x80\x02\x8a":  # (torch.save's zip format, or its legacy pickle's magic)
+        raise BoundaryError(f"{path}: not a valid PyTorch weights file (neither of the formats torch.save writes)")
+    try:
+        # Mapped where the format allows: no tensor's data is read until it is used, so that the
+        # names, dtypes and shapes are judged first.
+        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipped)
     except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+        text = str(e)
+        if "Unsupported global" in text:
             raise BoundaryError(f"{path}: holds Python objects beyond tensors, which torch.load(weights_only=True) "
                                 "refuses to unpickle (a whole model saved with torch.save(model)?); save "
                                 "model.state_dict() instead, or convert to .safetensors") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise BoundaryError(f"{path}: not a valid PyTorch weights file ({first})") from None
     state = _state_dict(path, state, torch, note)
     found: dict[str, tuple[tuple[int, ...], str]] = {}

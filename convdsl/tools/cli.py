@@ -188,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         net = convdsl.compile(program, weights, model=model.name, seed=args.seed, cache=not args.no_cache,
                               threads=args.threads)
         if net.random_weights:
-            beside = os.path.basename(weights_beside(program))
+            stem = os.path.splitext(os.path.basename(weights_beside(program)))[0]
+            beside = " or ".join(stem + e for e in convdsl.api.BESIDE_EXTENSIONS)
             print(f"no weights given and no {beside} beside the program: using {net.weights_description}")
         else:
             print(f"weights: {net.weights_description}")
