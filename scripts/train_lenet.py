@@ -7,16 +7,17 @@ here with the same function.  The held-out 20% (== ``convdsl/data/digits.npz``)
 is only used to report accuracy.  Input normalisation: ``uint8 / 255`` as
 float32, exactly what the runtime feeds the network.
 
-Outputs (float32 arrays, PyTorch layouts, saved with ``np.savez``):
+Outputs (float32 arrays, PyTorch layouts, written by ``convdsl.save_weights``):
   examples/lenet.npz       sigmoid + AvgPool2d(2, 2)   (D2L's LeNet)
   examples/lenet_relu.npz  relu    + MaxPool2d(2, 2)
+(``--format safetensors``: the same names ending in ``.safetensors`` instead.)
 Keys: conv1.weight [6,1,5,5], conv1.bias [6], conv2.weight [16,6,5,5],
 conv2.bias [16], dense1.weight [120,400], dense1.bias [120],
 dense2.weight [84,120], dense2.bias [84], dense3.weight [10,84], dense3.bias [10].
 
 Deterministic: fixed seeds, CPU, one thread, fixed data order/augmentation.
 
-Usage:  python scripts/train_lenet.py [--variant sigmoid|relu|both] [--epochs N]
+Usage:  python scripts/train_lenet.py [--variant sigmoid|relu|both] [--epochs N] [--format npz|safetensors]
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_digits  # noqa: E402
+
+sys.path.insert(0, make_digits.REPO)
+from convdsl import save_weights  # noqa: E402
 
 REPO = make_digits.REPO
 OUTPUTS = {
@@ -136,6 +140,8 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--format", choices=["npz", "safetensors"], default="npz",
+                    help="weights file format (convdsl run reads either)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -150,8 +156,8 @@ def main(argv=None) -> None:
         if te_acc < 0.95:
             print(f"WARNING: {v} held-out accuracy below 0.95", file=sys.stderr)
         if not args.no_save:
-            out = OUTPUTS[v]
-            np.savez(out, **state_arrays(model))
+            out = os.path.splitext(OUTPUTS[v])[0] + "." + args.format
+            save_weights(out, state_arrays(model))
             print(f"wrote {out} ({os.path.getsize(out)} bytes)")
 
 

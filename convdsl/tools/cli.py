@@ -299,8 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="compile a model to native code with LLVM and run it")
     r.add_argument("file", metavar="FILE.conv")
     r.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
-    r.add_argument("--weights", metavar="W.npz", help="weights as NAME.weight / NAME.bias arrays "
-                   "(default: FILE.npz beside the program, else seeded random weights)")
+    r.add_argument("--weights", metavar="W.npz", help="weights as NAME.weight / NAME.bias arrays in .npz or "
+                   ".safetensors, or a PyTorch state_dict .pt/.pth (needs torch); default: FILE.npz or "
+                   "FILE.safetensors beside the program, else seeded random weights")
     r.add_argument("--input", metavar="X.npy", help="input batch, float32 [N, C, H, W] "
                    "(default: the bundled digits for [N, 1, 28, 28] models, else a random batch)")
     r.add_argument("--batch", type=int, metavar="B", help="size of a random batch (default 1); with the "
