@@ -122,6 +122,8 @@ def test_d2l_sequential_state_dict_runs_through_lenet(tmp_path, capsys):
                                 f"{path}: '7.weight', '7.bias' -> layer dense1",
                                 f"{path}: '9.weight', '9.bias' -> layer dense2",
                                 f"{path}: '11.weight', '11.bias' -> layer dense3"]
+    documented = re.findall(r"^   (lenet\.pt: .*)$", (ROOT / "docs" / "weights.md").read_text(), re.M)
+    assert documented == [line.replace(str(path), "lenet.pt") for line in err.splitlines()]
     np.testing.assert_allclose(net(x), _torch_out(module, x), **TOL)
     np.save(tmp_path / "x.npy", x)
     code, out, err = cli(capsys, "run", LENET, "--weights", path, "--input", tmp_path / "x.npy",
