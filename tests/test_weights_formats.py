@@ -103,6 +103,9 @@ def test_safetensors_written_by_convdsl_are_read_by_pytorch(tmp_path):
 def test_npz_written_by_convdsl_reads_back(tmp_path):
     path = tmp_path / "w.npz"
     convdsl.save_weights(path, _lenet_arrays())
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # (as any new file; not a temporary file's 0600)
     with np.load(path, allow_pickle=False) as d:
         assert sorted(d.files) == sorted(_lenet_arrays())
         for k, v in _lenet_arrays().items():
@@ -368,6 +371,38 @@ def test_float8_is_refused_without_a_model_too(tmp_path):
     with pytest.raises(convdsl.BoundaryError, match=re.escape(
             "'conv1.bias' has dtype float8_e4m3, which convdsl does not read (store float32, float16 or bfloat16)")):
         weights_io.load_weights(path)
+
+
+@pytest.mark.parametrize("ext", [".safetensors", ".pt"])
+def test_damaged_bytes_are_an_error_or_the_same_arrays(ext, tmp_path):
+    """Bytes flipped anywhere in the header and the start of the data: every outcome is a
+    ``BoundaryError`` or a read that passed every check (never another exception)."""
+    program = convdsl.load(LENET)
+    model = program.model()
+    good = tmp_path / f"good{ext}"
+    if ext == ".pt":
+        torch.save({k: torch.from_numpy(v) for k, v in _lenet_arrays().items()}, good)
+    else:
+        safetensors_numpy.save_file(_lenet_arrays(), str(good))
+    data = good.read_bytes()
+    rng = np.random.default_rng(5)
+    span = min(len(data), 1200)
+    outcomes = set()
+    for i in range(120 if ext == ".safetensors" else 40):
+        raw = bytearray(data)
+        for at in rng.integers(0, span, size=int(rng.integers(1, 4))):
+            raw[at] = int(rng.integers(0, 256))
+        if i % 5 == 0:
+            raw = raw[:int(rng.integers(0, len(raw)))]
+        path = tmp_path / f"w{i}{ext}"
+        path.write_bytes(bytes(raw))
+        try:
+            got = weights_io.load_weights(path, model, note=None)
+            outcomes.add("read")
+            assert sorted(got) == sorted(model.weight_shapes())
+        except convdsl.BoundaryError:
+            outcomes.add("refused")
+    assert "refused" in outcomes
 
 
 def test_truncated_safetensors_written_by_the_library(tmp_path, capsys):

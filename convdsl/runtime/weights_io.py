@@ -19,8 +19,9 @@ import io
 import json
 import os
 import re
+import secrets
 import sys
-import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, cast
@@ -364,7 +365,7 @@ def _tensor_entry(path: str, name: str, entry: object, data_start: int, data_siz
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise BoundaryError(f"{where} is damaged: its header entry is not {{dtype, shape, data_offsets}}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in _ST_DTYPES:
+    if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
         raise BoundaryError(f"{where} has dtype {dtype!r}, which is not a safetensors dtype")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise BoundaryError(f"{where} is damaged: its shape {shape!r} is not a list of sizes")
@@ -447,7 +448,9 @@ def _read_torch(path: str, model: CheckedModel | None, note: Note | None) -> dic
     try:
         # Mapped where the format allows: no tensor's data is read until it is used, so that the
         # names, dtypes and shapes are judged first.
-        state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipped)
+        with warnings.catch_warnings():  # (a damaged file can make torch warn before it fails: the error says it)
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu", mmap=zipped)
     except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
         text = str(e)
         if "Unsupported global" in text:
@@ -519,7 +522,9 @@ def save_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> 
             raise BoundaryError(f"{path}: '{k}' has dtype {a.dtype}; weights are floating point")
         arrays[k] = np.ascontiguousarray(a, dtype=np.float32)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # Made with the mode any new file gets (0666 less the umask), which mkstemp's 0600 is not.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         if ext == ".npz":
             with os.fdopen(fd, "wb") as f:
