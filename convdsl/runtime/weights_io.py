@@ -406,7 +406,9 @@ def _read_safetensors(path: str, model: CheckedModel | None, note: Note | None) 
                     if arr.shape != tensors[k].shape:  # (the file changed since its header was read)
                         raise BoundaryError(f"{path}: '{k}' changed while it was read")
                     out[names[k]] = arr
-        except (SafetensorError, OSError) as e:
+        except BoundaryError:
+            raise
+        except (SafetensorError, OSError, TypeError, ValueError) as e:  # (TypeError: a dtype numpy lacks)
             raise BoundaryError(f"{path}: not a valid .safetensors weights file ({e})") from None
     for k in names:
         if tensors[k].st_dtype == "BF16":
