@@ -351,7 +351,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     env = check_size_option(model, sizes)  # (every size: the given ones checked, the rest the smallest valid)
     _need_onnx("export")
     net = convdsl.api.network(program, weights_option(args.weights), model=model.name, seed=args.seed)
-    open_syms = sorted({str(s) for d in model.input_shape[1:] for s in sy.free_symbols(d)} - set(sizes))
+    open_syms = sorted({str(s) for d in model.input_shape[1:] for s in sy.free_symbols(d)} - set(sizes)
+                       - set(model.fixed))
     symbolic = bool(open_syms)
     if open_syms and (why := symbolic_obstacle(model, sizes)) is not None:
         symbolic = False

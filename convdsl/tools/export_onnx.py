@@ -59,7 +59,7 @@ def symbolic_obstacle(model: CheckedModel, sizes: Mapping[str, int] | None = Non
     layer after a flatten of an H x W map, a conv over C input channels) needs that symbol fixed.
     Everything else the exporters write holds for every size: pads, strides and kernels are
     attributes, and a ceil-mode pool over a symbolic axis uses opset 22's rule, PyTorch's."""
-    env = {k: v for k, v in (sizes or {}).items() if k != "N"}
+    env = _given(model, sizes)
     for name, shape in model.weight_shapes().items():
         free = sorted(set().union(*(sy.free_symbols(sy.substitute(d, env)) for d in shape)) - {"N"})
         if free:
@@ -67,9 +67,14 @@ def symbolic_obstacle(model: CheckedModel, sizes: Mapping[str, int] | None = Non
     return None
 
 
+def _given(model: CheckedModel, sizes: Mapping[str, int] | None) -> dict[str, int]:
+    """The sizes fixed for the graph: those given, and those a ``where H == 32`` fixes."""
+    return {k: v for k, v in {**model.fixed, **(sizes or {})}.items() if k != "N"}
+
+
 def _partial(model: CheckedModel, sizes: Mapping[str, int] | None) -> tuple[tuple[sy.Dim, ...], Rows]:
     """The per-image shapes with the sizes given bound and the others left as expressions."""
-    env: dict[str, sy.Dim] = {k: v for k, v in (sizes or {}).items() if k != "N"}
+    env: dict[str, sy.Dim] = dict(_given(model, sizes))
 
     def sub(shape: tuple[sy.Dim, ...]) -> tuple[sy.Dim, ...]:
         return tuple(sy.substitute(d, env) for d in shape[1:])
