@@ -289,6 +289,31 @@ def test_matmul_add_and_a_bare_matmul():
     assert _layers(imported) == ["flatten", "dense(7)", "relu", "dense(4, bias=false)"]
 
 
+@pytest.mark.parametrize("target", [[-1, 18], [0, 18], [0, -1], [-1, 2, 9]])
+def test_constant_reshape_targets(target):
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w"], ["y"], name="fc", transB=1)]
+    model = _graph(nodes, {"w": _rand(4, 18), "shape": np.array(target, np.int64)}, ["N", 2, 3, 3])
+    if len(target) == 3:  # [N, 2, 9]: not a flatten of each image
+        with pytest.raises(OnnxImportError, match=r"Reshape node 'flat': it makes \[N, 2, 9\]"):
+            import_onnx(model)
+        return
+    assert _layers(_agrees(model, (2, 3, 3), batch=3))[0] == "flatten"
+
+
+def test_a_reshape_that_fixes_the_batch_is_refused():
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"], name="flat")]
+    model = _graph(nodes, {"shape": np.array([1, -1], np.int64)}, ["N", 2, 3, 3])
+    with pytest.raises(OnnxImportError, match=r"it makes \[1, N\*18\]"):
+        import_onnx(model)
+
+
+def test_a_graph_that_computes_nothing_is_refused():
+    model = _graph([helper.make_node("Identity", ["x"], ["y"])], {}, ["N", 2, 3, 3])
+    with pytest.raises(OnnxImportError, match="needs one layer"):
+        import_onnx(model)
+
+
 @pytest.mark.parametrize("opset", [11, 13])
 def test_softmax_under_both_axis_rules(opset):
     # opset 11: axis 1 flattens [N, F] -> rows of F; opset 13: axis 1 of [N, C, H, W] is per pixel

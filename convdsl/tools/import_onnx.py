@@ -250,9 +250,12 @@ class _Importer:
                 continue
             try:
                 self.visit(node)
-            except _Unsupported as e:
+            except (_Unsupported, KeyError, ValueError, TypeError, IndexError) as e:
+                # (the others: a node the checker passed but whose attributes or inputs do not make
+                # sense together; said about that node rather than as a traceback)
+                why = str(e) if isinstance(e, _Unsupported) else f"it cannot be read ({type(e).__name__}: {e})"
                 label = f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node (unnamed)"
-                self.problems.append(f"{label}: {e}")
+                self.problems.append(f"{label}: {why}")
                 on_path = node.input and self.resolve(node.input[0]) == self.cur
                 if on_path and node.output and node.output[0]:  # carry on with ONNX's idea of the shape
                     self.cur, self.shape = node.output[0], self.inferred.get(node.output[0])
@@ -575,7 +578,8 @@ def _reshape(im: _Importer, node: Any, shape: Shape) -> None:
             fill: Any = total if rest == 1 else total // rest if isinstance(total, int) and isinstance(rest, int) \
                 and rest and total % rest == 0 else "?"
         else:  # the -1 takes the batch only where it is all the batch: [-1, C*H*W]
-            fill = BATCH if rest == total else "?"
+            fill = BATCH if rest == total else f"N*{total // rest}" if isinstance(total, int) and isinstance(
+                rest, int) and rest and total % rest == 0 else "?"
         dims = [fill if d == -1 else d for d in dims]
     _flat(im, node, shape, dims)
 
@@ -751,6 +755,8 @@ def import_onnx(source: "str | os.PathLike | onnx.ModelProto", name: str | None 
     out = graph.output[0].name
     if not im.problems and im.resolve(out) != im.cur:
         im.problems.append(f"the graph's output {out} is not the end of the pipeline ({im.cur})")
+    if not im.problems and not im.layers:
+        im.problems.append("no node computes anything that a layer does, and a .conv model needs one layer")
     if im.problems:
         n = len(im.problems)
         raise OnnxImportError(f"{origin}: {n} node{'s' if n != 1 else ''} that a .conv program cannot express:",
