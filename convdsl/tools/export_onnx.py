@@ -192,8 +192,10 @@ def _ceil_mode_needs_opset_22(op: Op, shape: tuple[sy.Dim, ...]) -> bool:
 def _pool(g: _Graph, layer: Layer, op: Op, shape: tuple[sy.Dim, ...], x: str, y: str) -> None:
     assert isinstance(op, Pool)
     ph, pw = op.padding
-    adds_window = not all(isinstance(n, int) for n in shape[1:]) or any(out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False)
-                      for n, k, s, p in zip(shape[1:], op.kernel, op.stride, op.padding))
+    # (over a symbolic size the graph is opset 22, whose ceil mode is the language's: kept as given)
+    adds_window = not all(isinstance(n, int) for n in shape[1:]) or any(
+        out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False)
+        for n, k, s, p in zip(shape[1:], op.kernel, op.stride, op.padding))
     attrs: dict[str, Any] = dict(kernel_shape=list(op.kernel), strides=list(op.stride), pads=[ph, pw, ph, pw],
                                  ceil_mode=int(op.ceil and (adds_window or g.opset >= 22)))
     if op.kind == "max":

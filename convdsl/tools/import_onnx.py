@@ -180,6 +180,7 @@ class _Unsupported(Exception):
 class _Importer:
     model: Any  # onnx.ModelProto
     opset: int
+    nodes: list[Any] = field(default_factory=list)  # the graph's, held once: fused ones are known by id
     static: dict[str, np.ndarray] = field(default_factory=dict)  # constants and shape values
     alias: dict[str, str] = field(default_factory=dict)  # a removed node's output -> its input
     consumers: dict[str, list[Any]] = field(default_factory=dict)
@@ -231,12 +232,12 @@ class _Importer:
         outputs = {o.name for o in self.model.graph.output}
         return users[0] if len(users) == 1 and tensor not in outputs else None
 
-    def add(self, node: Any, kind: str, op: str, shape: Shape, out: str, params: Mapping[str, np.ndarray] = {},
-            extra: Sequence[Any] = (), note: str = "") -> None:
+    def add(self, node: Any, kind: str, op: str, shape: Shape, out: str,
+            params: Mapping[str, np.ndarray] | None = None, extra: Sequence[Any] = (), note: str = "") -> None:
         if any(isinstance(d, int) and d < 1 for d in shape):
             raise _Unsupported(f"its output {format_shape(shape)} is empty")
         name = self.name(node, kind)
-        for key, arr in params.items():
+        for key, arr in (params or {}).items():
             self.weights[f"{name}.{key}"] = np.ascontiguousarray(arr, dtype=np.float32)
         self.layers.append(ImportedLayer(name, op, shape, tuple(n.name or n.op_type for n in (node, *extra)), note))
         self.fused.update(id(n) for n in extra)
@@ -245,7 +246,7 @@ class _Importer:
 
     # --------------------------------------------------------------- walking the nodes
     def run(self) -> None:
-        for node in self.model.graph.node:
+        for node in self.nodes:
             if id(node) in self.fused:
                 continue
             try:
@@ -268,11 +269,10 @@ class _Importer:
         handler = _DATA_OPS.get(node.op_type)
         if handler is None:
             raise _Unsupported(_WHY_NOT.get(node.op_type, "not an operator the language has (see docs/interop.md)"))
-        data = [i for i in node.input[:1]]
-        if not data or self.resolve(data[0]) != self.cur:
-            src = data[0] if data else "nothing"
-            raise _Unsupported(f"it reads {src}, not the previous layer's output {self.cur}: the graph branches "
-                               "or joins, and a .conv model is a single pipeline")
+        src = node.input[0] if node.input else ""
+        if not src or self.resolve(src) != self.cur:
+            raise _Unsupported(f"it reads {src or 'nothing'}, not the previous layer's output {self.cur}: the graph "
+                               "branches or joins, and a .conv model is a single pipeline")
         if self.shape is None:
             raise _Unsupported("its input's shape is unknown after the unsupported node before it")
         handler(self, node, self.shape)
@@ -311,7 +311,7 @@ class _Importer:
             vals = [self.static[i] for i in ins]
             try:
                 value = _STATIC_OPS[op](vals, _attrs(node))
-            except (TypeError, ValueError, IndexError, KeyError, np.exceptions.AxisError):
+            except (TypeError, ValueError, IndexError, KeyError):  # (numpy's AxisError is a ValueError)
                 return False  # (arithmetic on the batch size, say: not a shape the language can use)
             # (a Gather of one dimension yields the element itself, which may be the batch)
             self.static[node.output[0]] = value if isinstance(value, np.ndarray) else np.array(value, dtype=object)
@@ -641,9 +641,10 @@ def _softmax(im: _Importer, node: Any, shape: Shape) -> None:
     if im.opset < 13:
         rest = math.prod(_fixed(shape)[1:]) if axis == 1 else 0
         if axis != 1 or rest != 1:
+            together = "the batch together" if axis == 0 else "several axes together"
             raise _Unsupported(f"Softmax(axis={axis}) before opset 13 normalises each row of the input flattened "
-                               f"to 2-D at axis {axis} ({'the batch together' if axis == 0 else 'several axes together'}"
-                               "); the language's softmax normalises over the channels (axis 1) alone")
+                               f"to 2-D at axis {axis} ({together}); the language's softmax normalises over the "
+                               "channels (axis 1) alone")
     elif axis != 1:
         raise _Unsupported(f"Softmax over axis {axis} of {format_shape(shape)}: the language's softmax normalises "
                            "over axis 1 (channels or features)")
@@ -729,13 +730,14 @@ def import_onnx(source: "str | os.PathLike | onnx.ModelProto", name: str | None 
             or not all((isinstance(d, int) and d > 0) or (isinstance(d, str) and d.isidentifier() and d != "N")
                        for d in dims[2:]):
         shape = "unknown" if dims is None else _shape_text(["?" if d is None else d for d in dims])
+        kind = onnx.TensorProto.DataType.Name(x.type.tensor_type.elem_type)
         raise OnnxImportError(f"{origin}: the input {x.name} must be float32 [N, C, H, W] with C fixed (the "
-                              f"batch, height and width may be named symbols); it is {onnx.TensorProto.DataType.Name(x.type.tensor_type.elem_type)} {shape}")
-    im = _Importer(model, opset)
+                              f"batch, height and width may be named symbols); it is {kind} {shape}")
+    im = _Importer(model, opset, list(graph.node))
     im.batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     for init in graph.initializer:
         im.static[init.name] = numpy_helper.to_array(init)
-    for node in graph.node:
+    for node in im.nodes:
         for i in node.input:
             if i:
                 im.consumers.setdefault(i, []).append(node)
