@@ -55,10 +55,12 @@ def _agrees(proto: onnx.ModelProto, shape, batch: int = 2, seed: int = 0):
     return imported
 
 
-def _from_torch(module: nn.Module, shape, *, dynamic: bool = True, fold: bool = True, opset: int | None = None):
+def _from_torch(module: nn.Module, shape, *, dynamic: bool = True, fold: bool = True, opset: int | None = None,
+                sizes: bool = False):
     module.eval()
     f = io.BytesIO()
-    kw = dict(dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}) if dynamic else {}
+    axes = {0: "N", 2: "H", 3: "W"} if sizes else {0: "N"}
+    kw = dict(dynamic_axes={"x": axes, "y": {0: "N"}}) if dynamic else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, torch.randn(2 if dynamic else 1, *shape), f, dynamo=False, input_names=["x"],
@@ -128,7 +130,8 @@ def test_alexnet_like_with_dropout():
     _agrees(_from_torch(net, (3, 32, 32)), (3, 32, 32))
 
 
-def test_vgg_like():
+@pytest.mark.parametrize("opset", [None, 11])
+def test_vgg_like(opset):
     def block(convs, c_in, c_out):
         layers: list[nn.Module] = []
         for _ in range(convs):
@@ -138,7 +141,7 @@ def test_vgg_like():
 
     net = nn.Sequential(*block(1, 3, 8), *block(2, 8, 16), nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(),
                         nn.Linear(32, 10), nn.Softmax(dim=1))
-    imported = _agrees(_from_torch(net, (3, 16, 16)), (3, 16, 16))
+    imported = _agrees(_from_torch(net, (3, 16, 16), opset=opset), (3, 16, 16))
     assert _layers(imported)[-1] == "softmax"
 
 
@@ -152,6 +155,18 @@ def test_nin_like_global_pool():
     proto = _from_torch(net, (1, 32, 32))
     assert "GlobalAveragePool" in _ops(proto)
     assert "global_avgpool" in _layers(_agrees(proto, (1, 32, 32)))
+
+
+def test_symbolic_height_and_width_from_torch():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 10, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Softmax(dim=1))
+    proto = _from_torch(net, (3, 12, 12), sizes=True)
+    imported = import_onnx(proto)
+    assert "(x: [N, 3, H, W])" in imported.text and "[N, 8, H // 2, W // 2]" in imported.text
+    net_c = convdsl.compile(convdsl.loads(imported.text), dict(imported.weights))
+    for h, w in ((6, 8), (13, 10)):
+        x = _rand(2, 3, h, w, seed=h)
+        np.testing.assert_allclose(net_c(x), _ort(proto, x), rtol=RTOL, atol=ATOL)
 
 
 def test_batchnorm_after_conv_is_folded():
