@@ -351,6 +351,29 @@ def compile_code(program: Program, model: CheckedModel, sizes: Mapping[str, int]
     return compiled, CompileStats(time.perf_counter() - start, compiled.cache_hit)
 
 
+def network(program: Program | str | os.PathLike,
+            weights: Mapping[str, np.ndarray] | str | os.PathLike | Beside | None = None,
+            *, model: str | None = None, seed: int = 0, schedule: Schedule | None = None, cache: bool = True,
+            threads: int | None = None) -> Network:
+    """:func:`compile`'s network before anything is compiled: its weights read by the same rules
+    (``BESIDE``, a path, a dict, None), for tools that need the arrays but no code (``convdsl
+    export``).  ``Network.weights(sizes)`` checks them against the model."""
+    if not isinstance(program, Program):
+        program = load(program)
+    m = program.model(model)
+    if isinstance(weights, Beside):
+        beside = weights_beside(program)
+        weights = beside if os.path.isfile(beside) else None
+    origin = "weights"
+    owned = False
+    if isinstance(weights, (str, os.PathLike)):
+        origin = os.fspath(weights)
+        weights = load_weights(weights, m)  # (only the model's arrays are read, each checked first)
+        owned = True
+    return Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads,
+                   _owned=owned)
+
+
 def compile(program: Program | str | os.PathLike,
             weights: Mapping[str, np.ndarray] | str | os.PathLike | Beside | None = None,
             *, model: str | None = None, seed: int = 0, schedule: Schedule | None = None, cache: bool = True,
@@ -380,20 +403,8 @@ def compile(program: Program | str | os.PathLike,
     Sizes past a cap of ``docs/limits.md`` raise
     :class:`~convdsl.runtime.limits.LimitError` when a binding is compiled.
     """
-    if not isinstance(program, Program):
-        program = load(program)
-    m = program.model(model)
-    if isinstance(weights, Beside):
-        beside = weights_beside(program)
-        weights = beside if os.path.isfile(beside) else None
-    origin = "weights"
-    owned = False
-    if isinstance(weights, (str, os.PathLike)):
-        origin = os.fspath(weights)
-        weights = load_weights(weights, m)  # (only the model's arrays are read, each checked first)
-        owned = True
-    net = Network(program, m, weights, origin, seed=seed, schedule=schedule, cache=cache, threads=threads,
-                  _owned=owned)
+    net = network(program, weights, model=model, seed=seed, schedule=schedule, cache=cache, threads=threads)
+    m, weights, origin = net.model, net._weights, net.weights_origin
     if all(isinstance(d, int) for d in m.input_shape[1:]):
         net.bind()  # one binding serves every call: compile now (and check the weights)
     elif weights is not None and all(isinstance(d, int) for shape in m.weight_shapes().values() for d in shape):

@@ -285,6 +285,124 @@ def _time_passes(args: argparse.Namespace, program, model: str, sizes) -> None:
         print(convdsl.format_timings(timings), file=sys.stderr, end="")
 
 
+# ----------------------------------------------------------------------------- import / export (ONNX)
+
+
+def _need_onnx(command: str) -> None:
+    """onnx is an optional extra: without it, a message and exit status 1 (not a traceback)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise InputError(f"convdsl {command} needs the onnx package, which is not installed: "
+                         "pip install 'convdsl[onnx]' (or pip install onnx)") from None
+
+
+def _writable(path: str, option: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a directory; give the name of the file to write")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {option} {path}: no writable directory {folder}")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``convdsl import MODEL.onnx``: the network as a ``.conv`` program and its ``.npz`` weights."""
+    if not os.path.exists(args.file):
+        raise UsageError(f"no such file: {args.file}")
+    if os.path.isdir(args.file):
+        raise UsageError(f"{args.file} is a directory, not an .onnx model")
+    if args.name is not None and (not args.name.isidentifier() or args.name in ("model", "block", "repeat",
+                                                                              "where", "N")):
+        raise UsageError(f"--name {args.name!r} is not a name a .conv model can have (letters, digits, _)")
+    out = args.output or os.path.splitext(args.file)[0] + ".conv"
+    weights = args.weights or os.path.splitext(out)[0] + ".npz"
+    if not weights.endswith(".npz"):
+        raise UsageError(f"--weights {weights}: convdsl import writes .npz weights")
+    _writable(out, "-o")
+    _writable(weights, "--weights")
+    _need_onnx("import")
+    from .import_onnx import OnnxImportError, import_onnx, summarize, write_outputs
+
+    try:
+        imported = import_onnx(args.file, name=args.name)
+    except OnnxImportError as e:
+        raise InputError(str(e)) from None
+    try:
+        write_outputs(imported, out, weights)
+    except OSError as e:
+        raise UsageError(f"cannot write {e.filename or out}: {e.strerror}") from None
+    for line in summarize(imported):
+        print(line)
+    print(f"wrote {out} and {weights}; check it with: convdsl check {out}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``convdsl export FILE.conv --onnx OUT.onnx``: the network and its weights as an ONNX model."""
+    import tempfile
+
+    import convdsl.api
+    from ..core import symbolic as sy
+    from .export_onnx import symbolic_obstacle, to_onnx
+
+    sizes = parse_sizes(args.size)
+    _writable(args.onnx, "--onnx")
+    program = load_program(args.file)
+    model = pick_model(program, args.model)
+    env = check_size_option(model, sizes)  # (every size: the given ones checked, the rest the smallest valid)
+    _need_onnx("export")
+    net = convdsl.api.network(program, weights_option(args.weights), model=model.name, seed=args.seed)
+    open_syms = sorted({str(s) for d in model.input_shape[1:] for s in sy.free_symbols(d)} - set(sizes)
+                       - set(model.fixed))
+    symbolic = bool(open_syms)
+    if open_syms and (why := symbolic_obstacle(model, sizes)) is not None:
+        symbolic = False
+        fixed = ", ".join(f"{k}={env[k]}" for k in open_syms)
+        print(f"note: {why}, which an ONNX initializer cannot leave open: exporting for {fixed} (the smallest "
+              "valid sizes; --size picks others)", file=sys.stderr)
+    weights = net.weights(env)
+    if net.random_weights:
+        beside = os.path.basename(convdsl.api.weights_beside(program))
+        print(f"no weights given and no {beside} beside the program: using {net.weights_description}")
+    proto = to_onnx(model, weights, sizes if symbolic else env, symbolic=symbolic)
+    data = proto.SerializeToString()
+    folder = os.path.dirname(os.path.abspath(args.onnx))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".convdsl-", suffix=".onnx.tmp")
+    try:  # written beside the target and renamed: never a half-written model
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, args.onnx)
+    except OSError as e:
+        os.unlink(tmp)
+        raise UsageError(f"cannot write {args.onnx}: {e.strerror}") from None
+    dims = [[d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in (proto.graph.input[0], proto.graph.output[0])]
+    print(f"wrote {args.onnx} ({len(data):,} bytes, opset {proto.opset_import[0].version}, model {model.name}: "
+          f"input [{', '.join(map(str, dims[0]))}], output [{', '.join(map(str, dims[1]))}]; weights: "
+          f"{net.weights_description})")
+    return EXIT_OK
+
+
+def _add_interop_parsers(sub) -> None:
+    i = sub.add_parser("import", help="turn an ONNX convolutional network into a .conv program and its weights")
+    i.add_argument("file", metavar="MODEL.onnx")
+    i.add_argument("-o", dest="output", metavar="OUT.conv", help="the program to write (default: MODEL.conv)")
+    i.add_argument("--weights", metavar="OUT.npz", help="the weights to write (default: OUT.npz beside OUT.conv)")
+    i.add_argument("--name", metavar="NAME", help="the model's name (default: the graph's or the file's)")
+    i.set_defaults(func=cmd_import)
+
+    e = sub.add_parser("export", help="write a model and its weights as an ONNX graph (dynamic batch size)")
+    e.add_argument("file", metavar="FILE.conv")
+    e.add_argument("--onnx", metavar="OUT.onnx", required=True, help="the ONNX model to write")
+    e.add_argument("--weights", metavar="W.npz", help="weights as NAME.weight / NAME.bias arrays "
+                   "(default: FILE.npz beside the program, else seeded random weights)")
+    e.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
+    e.add_argument("--size", metavar="H=..,W=..", help="fix symbolic sizes (default: they stay symbolic where "
+                   "ONNX can express that)")
+    e.add_argument("--seed", type=int, default=0, metavar="S", help="seed for random weights")
+    e.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convdsl", description="Check and compile .conv convolutional network programs.")
     p.add_argument("--version", action="version", version=f"convdsl {__version__}")
@@ -328,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--time-passes", action="store_true", help="print how long each stage of the pipeline takes "
                    "(to stderr), as LLVM's -time-passes")
     k.set_defaults(func=cmd_compile)
+
+    _add_interop_parsers(sub)
 
     from .bench import add_bench_parser  # stdlib-only at import; numpy/torch load when bench runs
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from ..core import symbolic as sy
 from ..core.model import CheckedModel, ConcreteModel, Layer, Op
 from ..core.ops import Activation, Conv, Dense, Dropout, Pool, definition, out_size
 
@@ -48,14 +49,55 @@ def _concrete(model: CheckedModel | ConcreteModel, sizes: Mapping[str, int] | No
     return model.bind(model.sizes(sizes))
 
 
+Rows = tuple[tuple[Layer, tuple[sy.Dim, ...], tuple[sy.Dim, ...], Op], ...]
+
+
+def symbolic_obstacle(model: CheckedModel, sizes: Mapping[str, int] | None = None) -> str | None:
+    """Why the sizes that ``sizes`` leaves open cannot stay symbolic in an ONNX graph (None if they can).
+
+    An ONNX initializer has a fixed shape, so a weight whose shape depends on a symbol (a dense
+    layer after a flatten of an H x W map, a conv over C input channels) needs that symbol fixed.
+    Everything else the exporters write holds for every size: pads, strides and kernels are
+    attributes, and a ceil-mode pool over a symbolic axis uses opset 22's rule, PyTorch's."""
+    env = _given(model, sizes)
+    for name, shape in model.weight_shapes().items():
+        free = sorted(set().union(*(sy.free_symbols(sy.substitute(d, env)) for d in shape)) - {"N"})
+        if free:
+            return f"the shape of {name} depends on {', '.join(free)}"
+    return None
+
+
+def _given(model: CheckedModel, sizes: Mapping[str, int] | None) -> dict[str, int]:
+    """The sizes fixed for the graph: those given, and those a ``where H == 32`` fixes."""
+    return {k: v for k, v in {**model.fixed, **(sizes or {})}.items() if k != "N"}
+
+
+def _partial(model: CheckedModel, sizes: Mapping[str, int] | None) -> tuple[tuple[sy.Dim, ...], Rows]:
+    """The per-image shapes with the sizes given bound and the others left as expressions."""
+    env: dict[str, sy.Dim] = dict(_given(model, sizes))
+
+    def sub(shape: tuple[sy.Dim, ...]) -> tuple[sy.Dim, ...]:
+        return tuple(sy.substitute(d, env) for d in shape[1:])
+
+    return sub(model.input_shape), tuple((ly, sub(ly.in_shape), sub(ly.out_shape), ly.op) for ly in model.layers)
+
+
+def _dim(d: sy.Dim) -> int | str:
+    return d if isinstance(d, int) else sy.to_str(d)
+
+
 def _safe(name: str) -> str:
     return name.replace(".", "_")
 
 
 def to_onnx(model: CheckedModel | ConcreteModel, weights: Mapping[str, np.ndarray],
             sizes: Mapping[str, int] | None = None, *, opset: int | None = None,
-            input_name: str = "x", output_name: str = "y") -> "onnx.ModelProto":
+            input_name: str = "x", output_name: str = "y", symbolic: bool = False) -> "onnx.ModelProto":
     """The network as a checked ONNX model with a symbolic batch dimension ``N``.
+
+    ``symbolic``: the sizes that ``sizes`` does not give (``H``, ``W``) stay symbolic too, the
+    input's dimensions named after them and the output's written as their expressions
+    (``H // 4 - 2``); a ``ValueError`` where :func:`symbolic_obstacle` says they cannot.
 
     ``opset``: by default :data:`DEFAULT_OPSET`, or 22 where a ceil-mode pool needs that opset's
     rule (:func:`_ceil_mode_needs_opset_22`); an explicit lower opset for such a network is a
@@ -63,8 +105,16 @@ def to_onnx(model: CheckedModel | ConcreteModel, weights: Mapping[str, np.ndarra
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    cm = _concrete(model, sizes)
-    needs_22 = [layer.name for layer, in_shape, _, op in cm.layers if _ceil_mode_needs_opset_22(op, in_shape)]
+    if symbolic and isinstance(model, CheckedModel):
+        why = symbolic_obstacle(model, sizes)
+        if why is not None:
+            raise ValueError(f"the sizes cannot stay symbolic in ONNX: {why}")
+        in_dims, rows = _partial(model, sizes)
+        name, out_dims = model.name, rows[-1][2] if rows else in_dims
+    else:
+        cm = _concrete(model, sizes)
+        in_dims, rows, name, out_dims = cm.input_shape, cm.layers, cm.model.name, cm.output_shape
+    needs_22 = [layer.name for layer, in_shape, _, op in rows if _ceil_mode_needs_opset_22(op, in_shape)]
     if opset is None:
         opset = 22 if needs_22 else DEFAULT_OPSET
     elif needs_22 and opset < 22:
@@ -72,18 +122,18 @@ def to_onnx(model: CheckedModel | ConcreteModel, weights: Mapping[str, np.ndarra
                          f"which ONNX expresses from opset 22 on (asked for {opset})")
     g = _Graph(helper, numpy_helper, weights, opset)
     cur = input_name
-    last = len(cm.layers) - 1
-    for i, (layer, in_shape, _out_shape, op) in enumerate(cm.layers):
+    last = len(rows) - 1
+    for i, (layer, in_shape, _out_shape, op) in enumerate(rows):
         out = output_name if i == last else _safe(layer.name)
         _EXPORTERS[definition(op).onnx](g, layer, op, in_shape, cur, out)
         cur = out
     nodes, inits = g.nodes, g.inits
-    if not cm.layers:  # an empty model is the identity
+    if not rows:  # an empty model is the identity
         nodes.append(helper.make_node("Identity", [input_name], [output_name], name="identity"))
 
-    x_info = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *cm.input_shape])
-    y_info = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", *cm.output_shape])
-    graph = helper.make_graph(nodes, cm.model.name, [x_info], [y_info], initializer=inits)
+    x_info = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *map(_dim, in_dims)])
+    y_info = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", *map(_dim, out_dims)])
+    graph = helper.make_graph(nodes, name, [x_info], [y_info], initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="convdsl")
     proto.ir_version = min(proto.ir_version, 8 if opset <= 17 else proto.ir_version)
@@ -116,31 +166,36 @@ class _Graph:
         return names
 
 
-def _conv(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+def _conv(g: _Graph, layer: Layer, op: Op, shape: tuple[sy.Dim, ...], x: str, y: str) -> None:
     assert isinstance(op, Conv)
     t, b, l, r = op.padding
     g.node("Conv", [x, *g.params(layer, op.bias)], y, layer, kernel_shape=list(op.kernel),
            strides=list(op.stride), pads=[t, l, b, r], dilations=list(op.dilation), group=op.groups)
 
 
-def _ceil_mode_needs_opset_22(op: Op, shape: tuple[int, ...]) -> bool:
+def _ceil_mode_needs_opset_22(op: Op, shape: tuple[sy.Dim, ...]) -> bool:
     """Before opset 22 ONNX's ceil mode keeps a last window that starts in the end padding, which
     PyTorch (and the language) drop.  Where ceil mode adds no window to floor mode the pooling is
     floor mode's (exported so); where it adds one that starts inside the input, every opset
-    agrees.  Only an axis that adds a window beside one that would keep a dropped one needs 22."""
+    agrees.  Only an axis that adds a window beside one that would keep a dropped one needs 22, and
+    so does a symbolic axis, which may be either."""
     if not isinstance(op, Pool) or not op.ceil:
         return False
+    if not all(isinstance(n, int) for n in shape[1:]):
+        return True
     axes = list(zip(shape[1:], op.kernel, op.stride, op.padding))
     adds = [out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False) for n, k, s, p in axes]
     keeps = [out_size(n, k, s, p, p, 1, True) != -(-(n + 2 * p - k) // s) + 1 for n, k, s, p in axes]
     return any(adds) and any(keeps)
 
 
-def _pool(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+def _pool(g: _Graph, layer: Layer, op: Op, shape: tuple[sy.Dim, ...], x: str, y: str) -> None:
     assert isinstance(op, Pool)
     ph, pw = op.padding
-    adds_window = any(out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False)
-                      for n, k, s, p in zip(shape[1:], op.kernel, op.stride, op.padding))
+    # (over a symbolic size the graph is opset 22, whose ceil mode is the language's: kept as given)
+    adds_window = not all(isinstance(n, int) for n in shape[1:]) or any(
+        out_size(n, k, s, p, p, 1, True) != out_size(n, k, s, p, p, 1, False)
+        for n, k, s, p in zip(shape[1:], op.kernel, op.stride, op.padding))
     attrs: dict[str, Any] = dict(kernel_shape=list(op.kernel), strides=list(op.stride), pads=[ph, pw, ph, pw],
                                  ceil_mode=int(op.ceil and (adds_window or g.opset >= 22)))
     if op.kind == "max":
@@ -149,17 +204,17 @@ def _pool(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: st
         g.node("AveragePool", [x], y, layer, count_include_pad=int(op.count_pad), **attrs)
 
 
-def _dense(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+def _dense(g: _Graph, layer: Layer, op: Op, shape: tuple[sy.Dim, ...], x: str, y: str) -> None:
     assert isinstance(op, Dense)
     g.node("Gemm", [x, *g.params(layer, op.bias)], y, layer, transB=1)
 
 
-def _activation(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+def _activation(g: _Graph, layer: Layer, op: Op, shape: tuple[sy.Dim, ...], x: str, y: str) -> None:
     assert isinstance(op, Activation)
     g.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op.kind], [x], y, layer)
 
 
-def _dropout(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y: str) -> None:
+def _dropout(g: _Graph, layer: Layer, op: Op, shape: tuple[sy.Dim, ...], x: str, y: str) -> None:
     assert isinstance(op, Dropout)
     if g.opset >= 12:  # the ratio became an input; training_mode defaults to false
         ratio = f"{_safe(layer.name)}.ratio"
@@ -169,7 +224,7 @@ def _dropout(g: _Graph, layer: Layer, op: Op, shape: tuple[int, ...], x: str, y:
         g.node("Dropout", [x], y, layer, ratio=op.p)
 
 
-_EXPORTERS: dict[str, Callable[[_Graph, Layer, Op, tuple[int, ...], str, str], None]] = {
+_EXPORTERS: dict[str, Callable[[_Graph, Layer, Op, tuple[sy.Dim, ...], str, str], None]] = {
     "conv": _conv,
     "pool": _pool,
     "global_avgpool": lambda g, layer, op, shape, x, y: g.node("GlobalAveragePool", [x], y, layer),
