@@ -509,6 +509,30 @@ def test_cli_import_options(tmp_path, capsys):
     assert cli(capsys, "import", tmp_path / "m.onnx", "--name", "9lives")[0] == 2
 
 
+def test_cli_import_writes_safetensors(tmp_path, capsys):
+    """--weights W.safetensors: the weights in that format, which `run --weights` reads back."""
+    from safetensors.numpy import load_file
+
+    proto = _from_torch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)), (1, 5, 5))
+    onnx.save(proto, tmp_path / "m.onnx")
+    code, _, err = cli(capsys, "import", tmp_path / "m.onnx", "--weights", tmp_path / "w.safetensors")
+    assert code == 0, err
+    assert sorted(load_file(str(tmp_path / "w.safetensors"))) == sorted(np.load(_npz_of(proto, tmp_path)))
+    x = _rand(2, 1, 5, 5)
+    np.save(tmp_path / "x.npy", x)
+    code, _, err = cli(capsys, "run", tmp_path / "m.conv", "--weights", tmp_path / "w.safetensors",
+                       "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--repeat", "1")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), _ort(proto, x), rtol=RTOL, atol=ATOL)
+    assert cli(capsys, "import", tmp_path / "m.onnx", "--weights", tmp_path / "w.pt")[0] == 2
+
+
+def _npz_of(proto, tmp_path):
+    onnx.save(proto, tmp_path / "again.onnx")
+    main(["import", str(tmp_path / "again.onnx")])
+    return tmp_path / "again.npz"
+
+
 def test_cli_import_errors(tmp_path, capsys, monkeypatch):
     code, _, err = cli(capsys, "import", tmp_path / "missing.onnx")
     assert code == 2 and "no such file" in err

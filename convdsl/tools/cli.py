@@ -306,7 +306,8 @@ def _writable(path: str, option: str) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """``convdsl import MODEL.onnx``: the network as a ``.conv`` program and its ``.npz`` weights."""
+    """``convdsl import MODEL.onnx``: the network as a ``.conv`` program and its weights (``.npz`` by
+    default, ``.safetensors`` by ``--weights``'s extension)."""
     if not os.path.exists(args.file):
         raise UsageError(f"no such file: {args.file}")
     if os.path.isdir(args.file):
@@ -316,8 +317,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"--name {args.name!r} is not a name a .conv model can have (letters, digits, _)")
     out = args.output or os.path.splitext(args.file)[0] + ".conv"
     weights = args.weights or os.path.splitext(out)[0] + ".npz"
-    if not weights.endswith(".npz"):
-        raise UsageError(f"--weights {weights}: convdsl import writes .npz weights")
+    if not weights.endswith((".npz", ".safetensors")):
+        raise UsageError(f"--weights {weights}: convdsl import writes .npz or .safetensors weights")
     _writable(out, "-o")
     _writable(weights, "--weights")
     _need_onnx("import")

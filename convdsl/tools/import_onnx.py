@@ -796,25 +796,29 @@ def _check(m: Imported) -> None:
 
 
 def write_outputs(m: Imported, conv_path: str, weights_path: str) -> None:
-    """Both files, each written beside itself and renamed into place: no half-written output."""
+    """Both files, each written beside itself and renamed into place: no half-written output.
+    The weights go through ``convdsl.save_weights`` (``.npz`` or ``.safetensors`` by the extension)."""
     import tempfile
 
-    for path, write in ((weights_path, lambda f: _savez(f, m.weights)),
-                        (conv_path, lambda f: f.write(m.text.encode()))):
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".convdsl-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+    from .. import save_weights
+
+    save_weights(weights_path, m.weights)
+    folder = os.path.dirname(os.path.abspath(conv_path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".convdsl-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(m.text.encode())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, conv_path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
-def _savez(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
-    named: dict[str, Any] = dict(arrays)  # (np.savez's own keywords cannot clash: names hold a dot)
-    np.savez(f, **named)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def summarize(m: Imported) -> Iterable[str]:
