@@ -1,0 +1,141 @@
+"""The structure of bodies: ``repeat`` expanded into a flat list of layer lines, layers named
+(labels checked, automatic names ``conv1``, ``conv2``, ... given), and the block-level checks that
+need no shapes (unknown ops, duplicate parameters, blocks that use themselves)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from ..core.diagnostics import Note, Span
+from ..core.ops import OPS
+from . import ast
+from .context import Abort, GenericUnsupported, Reporter, Scope, suggest
+
+BUILTIN_OPS = tuple(OPS)
+
+
+def expand(rep: Reporter, body: tuple[ast.Stmt, ...], scope: Scope,
+           reps: int = 1) -> list[tuple[ast.Layer, int]] | None:
+    """Every layer line of ``body`` in order, repeats unrolled, each with the product of the repeat
+    counts around it; None after an error."""
+    out: list[tuple[ast.Layer, int]] = []
+    if not body:
+        return out
+    for st in body:
+        if isinstance(st, ast.Layer):
+            out.append((st, reps))
+            continue
+        try:
+            k = rep.dim(st.count, scope.params, scope, "a repeat count")
+        except Abort:
+            return None
+        if not isinstance(k, int):
+            if scope.generic:
+                raise GenericUnsupported(st.span, "its repeat count depends on a parameter")
+            raise AssertionError("symbolic repeat count outside generic mode")
+        if k < 1:
+            rep.err("bad-argument", f"a repeat count must be at least 1, not {k}", st.count.span, scope)
+            return None
+        if not st.body:
+            rep.err("empty", "a repeat body must hold at least one layer", st.span, scope)
+            return None
+        inner = expand(rep, st.body, scope, reps * k)
+        if inner is None:
+            return None
+        out.extend(inner * k)
+    return out
+
+
+def name_layers(rep: Reporter, flat: list[tuple[ast.Layer, int]], scope: Scope) -> list[tuple[ast.Layer, str]]:
+    """Each layer with its name: its label, or the op and a counter (skipping names labels took)."""
+    labels: dict[str, Span] = {}
+    for ly, _ in flat:
+        if ly.label is not None and ly.label_span is not None:
+            if labels.get(ly.label) == ly.label_span:
+                continue  # the same line again, from a repeat: reported below, once
+            if ly.label in labels:
+                rep.err("duplicate-name", f"the name '{ly.label}' is used twice", ly.label_span, scope,
+                        Note("first used here", labels[ly.label]))
+                continue
+            labels[ly.label] = ly.label_span
+    counters: dict[str, int] = {}
+    reported_repeat: set[Span] = set()
+    named: list[tuple[ast.Layer, str]] = []
+    for ly, rep_count in flat:
+        if ly.label is not None and ly.label_span is not None and rep_count > 1 \
+                and ly.label_span not in reported_repeat:
+            reported_repeat.add(ly.label_span)
+            rep.err("duplicate-name", f"a label inside 'repeat {rep_count}' would name {rep_count} layers "
+                    f"'{ly.label}'", ly.label_span, scope, Note("remove the label"))
+        if ly.label is not None:
+            name = ly.label
+        else:
+            base = ly.op
+            k = counters.get(base, 0)
+            while True:
+                k += 1
+                if f"{base}{k}" not in labels:
+                    break
+            counters[base] = k
+            name = f"{base}{k}"
+        named.append((ly, name))
+    return named
+
+
+def check_ops_exist(rep: Reporter, stmts: tuple[ast.Stmt, ...], blocks: Mapping[str, ast.Block]) -> None:
+    """Unknown ops in a block body, once per line (whether or not the block is used)."""
+    for st in stmts:
+        if isinstance(st, ast.Repeat):
+            check_ops_exist(rep, st.body, blocks)
+        elif st.op not in BUILTIN_OPS and st.op not in blocks:
+            report_unknown_op(rep, st, blocks, None)
+
+
+def report_unknown_op(rep: Reporter, ly: ast.Layer, blocks: Mapping[str, ast.Block], scope: Scope | None) -> None:
+    hint = suggest(ly.op, list(BUILTIN_OPS) + list(blocks))
+    rep.err("unknown-op", f"unknown op '{ly.op}'", ly.op_span, scope,
+            *([Note(f"did you mean '{hint}'?")] if hint else []))
+
+
+def check_block_params(rep: Reporter, block: ast.Block) -> None:
+    seen: set[str] = set()
+    for p in block.params:
+        if p.name in seen:
+            rep.err("duplicate-name", f"block '{block.name}' has two parameters named '{p.name}'", p.span, None)
+        seen.add(p.name)
+
+
+def _block_uses(stmts: tuple[ast.Stmt, ...], blocks: Mapping[str, ast.Block]) -> Iterable[ast.Layer]:
+    for s in stmts:
+        if isinstance(s, ast.Repeat):
+            yield from _block_uses(s.body, blocks)
+        elif s.op in blocks:
+            yield s
+
+
+def find_cycles(rep: Reporter, blocks: Mapping[str, ast.Block]) -> set[str]:
+    """Report every block that uses itself (directly or through others); returns the blocks on a cycle."""
+    state: dict[str, int] = {}  # 1 = on stack, 2 = done
+    reported: set[str] = set()
+    cyclic: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for layer in _block_uses(blocks[name].body, blocks):
+            callee = layer.op
+            if state.get(callee) == 1:
+                cycle = path[path.index(callee):] + [callee] if callee in path else [name, callee]
+                if name not in reported:
+                    reported.update(cycle)
+                    cyclic.update(cycle)
+                    rep.err("recursion", "block '" + cycle[0] + "' uses itself"
+                            + ("" if len(cycle) <= 2 else " through " + " -> ".join(cycle[1:-1])),
+                            layer.op_span, None)
+            elif state.get(callee) is None:
+                visit(callee, path + [callee])
+        state[name] = 2
+
+    for name in blocks:
+        if name not in state:
+            visit(name, [name])
+    return cyclic
