@@ -433,3 +433,42 @@ def mutated_programs(draw):
 @given(mutated_programs())
 def test_fuzz_mutated_programs(text):
     _check_never_raises(text)
+
+
+def test_the_scanner_gives_lark_s_tokens():
+    """The front end's own scanner (``parse._lex``) against lark's lexer for the same grammar, on
+    every example and on random token soups: the same types, values and positions.  (Texts with a
+    CR are left out: a CR ends a line for the scanner, as for the diagnostic renderer, and is
+    blank space for lark.)"""
+    import random
+
+    from conftest import EXAMPLES
+
+    from lark.exceptions import UnexpectedCharacters
+
+    from convdsl.frontend.parse import _lex, _Source
+
+    lark = get_parser()
+    texts = [p.read_text() for p in sorted(EXAMPLES.rglob("*.conv"))]
+    words = ("model models block repeat where wherex x N H ( ) [ ] { } , : = -> >= > == % + - * // "
+             "12 1.5 .5 3. 1.2.3 # \t").split(" ") + ["\n", " ", "\f"]
+    rng = random.Random(11)
+    texts += ["".join(rng.choice(words) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 40)))
+              for _ in range(2000)]
+
+    def key(tokens):
+        return [(t.type, str(t), t.line, t.column, t.end_line, t.end_column, t.start_pos) for t in tokens]
+
+    compared = 0
+    for text in texts:
+        assert "\r" not in text
+        ours, diags = _lex(_Source(text, "t.conv"))
+        try:
+            theirs = list(lark.lex(text))
+        except UnexpectedCharacters as e:  # a lone "." of "1.2.3": an error for both
+            assert diags and (diags[0].span.line, diags[0].span.column) == (e.line, e.column), text
+            continue
+        assert not diags, text
+        assert key(ours) == key(theirs), text
+        compared += 1
+    assert compared > 1000

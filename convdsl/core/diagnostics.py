@@ -57,6 +57,8 @@ CODES: Mapping[str, str] = {
     "where": "a where clause that cannot hold, or a layer it does not keep non-empty",
     "recursion": "a block that uses itself, directly or through others",
     "drop": "(warning) input rows or columns that no window reads",
+    "limit": "a file past one of the front end's work caps (layers after expansion, block depth, tokens): "
+             "the message names the environment variable that raises it",
     "internal": "a bug in convdsl: please report it with the file",
 }
 

@@ -28,9 +28,10 @@ Choices the language page leaves open, made here (and written down in
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 from ..core import ops as op_registry
-from ..core.diagnostics import Diagnostic, Note, Span
+from ..core.diagnostics import Diagnostic, Note, Span, error
 from ..core.model import CheckedModel, Layer, Op
 from ..core.ops import OPS, Context, OpError
 from ..core import symbolic as sy
@@ -40,8 +41,9 @@ from .arguments import Value, bind_op_args, op_text, read
 from .blocks import block_args, match_signature
 from .constraints import domain_of, domain_so_far, valid_for
 from .context import Abort, GenericUnsupported, Reporter, Scope, fmt_shape
-from .expand import BUILTIN_OPS, check_block_params, check_ops_exist, expand, find_cycles, name_layers, \
-    report_unknown_op
+from .expand import BUILTIN_OPS, LayerCount, TooDeep, block_uses, check_block_params, check_ops_exist, expand, find_cycles, \
+    name_layers, report_unknown_op
+from .limits import MAX_BLOCK_DEPTH, MAX_LAYERS
 from .shapes import compare, drop_warnings, explain, sizes_ok
 
 __all__ = ["BUILTIN_OPS", "CheckResult", "Checker", "check"]
@@ -86,6 +88,9 @@ class Checker:
         self.generic_done: set[str] = set()  # blocks whose signature was proved (or refuted) once for all
         self.generic_body_diags: dict[str, list[Diagnostic]] = {}  # reported only if the block is never used
         self.used_blocks: set[str] = set()
+        self.used_by_blocks: set[str] = set()  # blocks some block's body uses
+        self.expanded = 0  # layers the walks so far expand to (models and block signatures)
+        self.inferred: dict[tuple[object, ...], tuple[Op, tuple[Dim, ...]]] = {}  # an op rule's answers
 
     # ------------------------------------------------------------ top level
     def run(self) -> CheckResult:
@@ -104,7 +109,12 @@ class Checker:
                             item.name_span, None)
                     continue
                 self.blocks[item.name] = item
+        for cap in (MAX_LAYERS, MAX_BLOCK_DEPTH):
+            complaint = cap.read()[1]
+            if complaint:
+                rep.err("limit", complaint, Span(self.program.file, 1, 1, 1, 2), None)
         self.cyclic = find_cycles(rep, self.blocks)
+        self.used_by_blocks = {ly.op for b in self.blocks.values() for ly in block_uses(b.body, self.blocks)}
         for block in self.blocks.values():
             check_block_params(rep, block)
             check_ops_exist(rep, block.body, self.blocks)
@@ -162,6 +172,8 @@ class Checker:
         domain, constrained = domain_of(rep, m, symbols)
         if domain is None:
             return None
+        if not self._within_caps(m.body, f"model '{m.name}'", {}, 0):
+            return None
         scope = Scope(params={}, symbols=symbols, generic=False, uses=(), prefix="", stack=())
         layers: list[Layer] = []
         mismatches = rep.count("shape-mismatch")
@@ -187,6 +199,32 @@ class Checker:
             layers=tuple(layers), valid_for=valid, multiple_of=dict(domain.multiple_of),
             fixed=dict(domain.fixed), params=params, macs=macs, span=m.span,
         )
+
+    def _within_caps(self, body: tuple[ast.Stmt, ...], owner: str, params: dict[str, int | None],
+                     depth: int) -> bool:
+        """Whether ``body`` expands to no more layers, and nests no deeper, than the caps allow;
+        otherwise reports the statement that passes one.  Counted before anything is expanded."""
+        limit, max_depth = MAX_LAYERS.value(), MAX_BLOCK_DEPTH.value()
+        counter = LayerCount(self.blocks, self.cyclic, limit, max_depth)
+        total = self.expanded  # the cap is on the file: every model and every block signature checked
+        for st in body:
+            try:
+                n, _ = counter.stmt(st, params, depth)
+            except TooDeep as e:
+                where = (Note("the level past the limit is here", _stmt_span(e.stmt)),) if e.stmt is not st else ()
+                self.rep.err("limit", MAX_BLOCK_DEPTH.exceeded(f"{_this(st, self.blocks)} nests bodies more than "
+                                                               f"{max_depth} deep"), _stmt_span(st), None,
+                             Note("each block use and each repeat inside another is one level"), *where)
+                return False
+            if total + n > limit:
+                before = (Note(f"the layers checked before it make {total:,}"),) if total else ()
+                self.rep.err("limit", MAX_LAYERS.exceeded(f"{owner} makes the file expand to more than {limit:,} "
+                                                          f"layers"), _stmt_span(st), None,
+                             Note(f"{_this(st, self.blocks)} expands to {_count(n, limit)} layers"), *before)
+                return False
+            total += n
+        self.expanded = total
+        return True
 
     # ------------------------------------------------------------ pipelines
     def _pipeline(self, body: tuple[ast.Stmt, ...], shape: tuple[Dim, ...], scope: Scope,
@@ -246,8 +284,15 @@ class Checker:
         d = OPS[ly.op]
         resolved = {p.name: read(self.rep, p, args[p.name], scope) if p.name in args else p.default
                     for p in d.params}
+        # Repeats and block uses give one rule the same input again and again; the symbolic
+        # arithmetic is the costly part of a layer, so each distinct question is answered once.
+        key = (ly.op, tuple(resolved.items()), shape, scope.generic)
+        known = self.inferred.get(key)
+        if known is not None:
+            return known
         try:
-            return d.infer(resolved, shape, Context(name, scope.generic))
+            known = self.inferred[key] = d.infer(resolved, shape, Context(name, scope.generic))
+            return known
         except OpError as e:
             span = args[e.arg].span if e.arg in args else ly.op_span
             self.rep.err(e.code, e.message, span, scope, *e.notes)
@@ -302,6 +347,13 @@ class Checker:
             return
         layers: list[Layer] = []
         mark = len(rep.diags)
+        if not self._within_caps(block.body, f"block '{block.name}'", dict.fromkeys(params), 1):
+            # Reported only if nothing uses the block: a use reports it in its own terms (and a chain
+            # of unused blocks past the cap is one error, at its outermost block).
+            if block.name not in self.used_by_blocks:
+                self.generic_body_diags[block.name] = rep.diags[mark:]
+            del rep.diags[mark:]
+            return
         try:
             out = self._pipeline(block.body, in_shape, scope, layers, sy.Domain())
         except GenericUnsupported as g:
@@ -320,6 +372,22 @@ class Checker:
                 f"{fmt_shape(out_decl)}", ())
 
 
+def _stmt_span(st: ast.Stmt) -> Span:
+    if isinstance(st, ast.Repeat):
+        return st.span
+    return st.op_span.to(st.args_span) if st.args_span else st.op_span
+
+
+def _this(st: ast.Stmt, blocks: Mapping[str, ast.Block]) -> str:
+    if isinstance(st, ast.Repeat):
+        return "this repeat"
+    return f"this use of block '{st.op}'" if st.op in blocks else "this layer"
+
+
+def _count(n: int, limit: int) -> str:
+    return f"more than {limit:,}" if n > limit else f"{n:,}"
+
+
 def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
     seen = set()
     out = []
@@ -332,5 +400,12 @@ def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
 
 
 def check(program: ast.Program) -> CheckResult:
-    """Type-check every model and block of a parsed program."""
-    return Checker(program).run()
+    """Type-check every model and block of a parsed program.  Never raises: a slip in the checker
+    itself is an ``internal`` diagnostic, not a traceback (the caps keep the walk's recursion far
+    from Python's limit, so a RecursionError here is such a slip)."""
+    try:
+        return Checker(program).run()
+    except Exception as exc:  # noqa: BLE001 -- last resort, as in parse()
+        span = Span(program.file, 1, 1, 1, 2)
+        diag = error("internal", f"internal error in the checker: {type(exc).__name__}: {exc}", span)
+        return CheckResult((), (diag,))

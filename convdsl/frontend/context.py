@@ -76,20 +76,25 @@ class Reporter:
             case ast.BinOp(op=op, left=l, right=r, span=sp):
                 a = self.dim(l, names, scope, what)
                 b = self.dim(r, names, scope, what)
-                if op == "+":
-                    return a + b
-                if op == "-":
-                    return a - b
-                if op == "*":
-                    return a * b
-                if isinstance(b, int) and b <= 0:
+                if op == "//" and isinstance(b, int) and b <= 0:
                     self.err("bad-expression", f"division by {b}: '//' needs a positive divisor", r.span, scope)
                     raise Abort
-                return a // b
+                return arith(op, a, b)
         raise AssertionError(e)
 
     def shape(self, s: ast.Shape, names: Mapping[str, Dim], scope: Scope | None) -> tuple[Dim, ...]:
         return tuple(self.dim(d, names, scope, "a shape") for d in s.dims)
+
+
+def arith(op: str, a: Dim, b: Dim) -> Dim:
+    """``a op b`` for the language's operators (a ``//`` divisor is checked by the caller)."""
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a // b
 
 
 def use_notes(scope: Scope | None) -> tuple[Note, ...]:

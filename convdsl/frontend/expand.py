@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 from ..core.diagnostics import Note, Span
 from ..core.ops import OPS
 from . import ast
-from .context import Abort, GenericUnsupported, Reporter, Scope, suggest
+from .context import Abort, GenericUnsupported, Reporter, Scope, arith, suggest
 
 BUILTIN_OPS = tuple(OPS)
 
@@ -105,26 +105,39 @@ def check_block_params(rep: Reporter, block: ast.Block) -> None:
         seen.add(p.name)
 
 
-def _block_uses(stmts: tuple[ast.Stmt, ...], blocks: Mapping[str, ast.Block]) -> Iterable[ast.Layer]:
+def block_uses(stmts: tuple[ast.Stmt, ...], blocks: Mapping[str, ast.Block]) -> Iterable[ast.Layer]:
     for s in stmts:
         if isinstance(s, ast.Repeat):
-            yield from _block_uses(s.body, blocks)
+            yield from block_uses(s.body, blocks)
         elif s.op in blocks:
             yield s
 
 
 def find_cycles(rep: Reporter, blocks: Mapping[str, ast.Block]) -> set[str]:
-    """Report every block that uses itself (directly or through others); returns the blocks on a cycle."""
-    state: dict[str, int] = {}  # 1 = on stack, 2 = done
+    """Report every block that uses itself (directly or through others); returns the blocks on a cycle.
+
+    A depth-first search with its own stack: a chain of thousands of blocks must not overflow
+    Python's."""
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
     reported: set[str] = set()
     cyclic: set[str] = set()
-
-    def visit(name: str, path: list[str]) -> None:
-        state[name] = 1
-        for layer in _block_uses(blocks[name].body, blocks):
+    for root in blocks:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        pending = [iter(list(block_uses(blocks[root].body, blocks)))]
+        while pending:
+            name = path[-1]
+            layer = next(pending[-1], None)
+            if layer is None:
+                state[name] = 2
+                path.pop()
+                pending.pop()
+                continue
             callee = layer.op
             if state.get(callee) == 1:
-                cycle = path[path.index(callee):] + [callee] if callee in path else [name, callee]
+                cycle = path[path.index(callee):] + [callee]
                 if name not in reported:
                     reported.update(cycle)
                     cyclic.update(cycle)
@@ -132,10 +145,85 @@ def find_cycles(rep: Reporter, blocks: Mapping[str, ast.Block]) -> set[str]:
                             + ("" if len(cycle) <= 2 else " through " + " -> ".join(cycle[1:-1])),
                             layer.op_span, None)
             elif state.get(callee) is None:
-                visit(callee, path + [callee])
-        state[name] = 2
-
-    for name in blocks:
-        if name not in state:
-            visit(name, [name])
+                state[callee] = 1
+                path.append(callee)
+                pending.append(iter(list(block_uses(blocks[callee].body, blocks))))
     return cyclic
+
+
+# ------------------------------------------------------------------ sizes
+def _static_int(e: ast.Expr, params: Mapping[str, int | None]) -> int | None:
+    """An expression's integer value if it has one without reporting anything (None otherwise:
+    the walk evaluates it again and reports what is wrong)."""
+    match e:
+        case ast.Num(value=v):
+            return v
+        case ast.Name(id=n):
+            return params.get(n)
+        case ast.Neg(operand=o):
+            x = _static_int(o, params)
+            return None if x is None else -x
+        case ast.BinOp(op=op, left=l, right=r):
+            a, b = _static_int(l, params), _static_int(r, params)
+            if a is None or b is None or (op == "//" and b <= 0):
+                return None
+            out = arith(op, a, b)
+            return out if isinstance(out, int) else None
+    return None
+
+
+class TooDeep(Exception):
+    """Bodies nested past the depth cap, found at ``stmt`` (a repeat or a block use)."""
+
+    def __init__(self, stmt: ast.Stmt):
+        self.stmt = stmt
+
+
+class LayerCount:
+    """How many layers a body expands to, and how deep its bodies nest, found without expanding it:
+    repeat counts multiplied through the nesting, a block use counted as its body with the use's
+    arguments.  Each repeat and each block use is one level of nesting.
+
+    Counts saturate just past ``limit`` (a doubling chain of forty blocks is not a number to
+    build); what cannot be evaluated counts as one layer, since the walk reports it.  Nesting past
+    ``max_depth`` raises :class:`TooDeep` before this count's own recursion could overflow."""
+
+    def __init__(self, blocks: Mapping[str, ast.Block], cyclic: set[str], limit: int, max_depth: int):
+        self.blocks, self.cyclic, self.limit, self.max_depth = blocks, cyclic, limit, max_depth
+        self.memo: dict[tuple[str, tuple[int | None, ...]], tuple[int, int]] = {}
+
+    def body(self, stmts: tuple[ast.Stmt, ...], params: Mapping[str, int | None], depth: int) -> tuple[int, int]:
+        """(layers, nesting height) of a body whose own level is ``depth``."""
+        total = height = 0
+        for st in stmts:
+            n, h = self.stmt(st, params, depth)
+            total = min(total + n, self.limit + 1)
+            height = max(height, h)
+        return total, height
+
+    def stmt(self, st: ast.Stmt, params: Mapping[str, int | None], depth: int) -> tuple[int, int]:
+        if isinstance(st, ast.Repeat):
+            if depth >= self.max_depth:
+                raise TooDeep(st)
+            k = _static_int(st.count, params)
+            n, h = self.body(st.body, params, depth + 1)
+            return min(max(k or 1, 1) * n, self.limit + 1), h + 1
+        block = self.blocks.get(st.op)
+        if block is None or block.name in self.cyclic:
+            return 1, 0
+        if depth >= self.max_depth:
+            raise TooDeep(st)
+        names = [p.name for p in block.params]
+        values: dict[str, int | None] = dict.fromkeys(names)
+        for i, a in enumerate(st.args):
+            key = a.key if a.key is not None else names[i] if i < len(names) else None
+            if key in values and not isinstance(a.value, (ast.TupleArg, ast.Decimal)):
+                values[key] = _static_int(a.value, params)
+        memo_key = (block.name, tuple(values[n] for n in names))
+        found = self.memo.get(memo_key)
+        if found is None:
+            n, h = self.body(block.body, values, depth + 1)
+            found = self.memo[memo_key] = (max(n, 1), h)
+        if depth + 1 + found[1] > self.max_depth:
+            raise TooDeep(st)
+        return found[0], found[1] + 1

@@ -111,11 +111,13 @@ def _dropped_cells(op: Conv | Pool, n: Dim, axis: int, domain: sy.Domain) -> tup
     if si > keff:
         gap = si - keff
         return (f"skips {gap} {noun if gap == 1 else nouns} of every {si}", f" (stride {si} > kernel {keff})", "")
+    if si == 1:
+        return None  # the windows overlap or touch: the last one ends at the padded edge
     ceil = isinstance(op, Pool) and op.ceil
 
     def dropped(nv: int) -> int:
         out = op_registry.out_size(nv, ki, si, pbi, pai, di, ceil)
-        if out < 1:
+        if not isinstance(out, int) or out < 1:  # (integers in, an integer out)
             return 0
         return max(0, nv + pbi - ((out - 1) * si + keff))
 
