@@ -53,7 +53,7 @@ def match_signature(rep: Reporter, block: ast.Block, ly: ast.Layer, values: Mapp
                     raise Abort
             bound[d_ast.id] = actual
     names = {**bound, **values}
-    expected = rep.shape(sig_in, names, scope)
+    expected = rep.declared(sig_in, names, scope)
     for e, a in zip(expected, shape):
         if sy.prove_equal(e, a, domain).status != "proved":
             rep.err("shape-mismatch", f"block '{block.name}' expects an input {fmt_shape(expected)}, "

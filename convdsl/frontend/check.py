@@ -181,7 +181,7 @@ class Checker:
         # After a layer's mismatch, an output mismatch is usually its echo: say it once.
         if out is not None and rep.count("shape-mismatch") == mismatches:
             try:
-                declared: tuple[Dim, ...] | None = rep.shape(m.output_shape, symbols, None)
+                declared: tuple[Dim, ...] | None = rep.declared(m.output_shape, symbols, None)
             except Abort:
                 declared = None
             if declared is not None:
@@ -240,7 +240,7 @@ class Checker:
                 if ly.declared is None:
                     return None
                 try:
-                    shape = self.rep.shape(ly.declared, {**scope.symbols, **scope.params}, scope)
+                    shape = self.rep.declared(ly.declared, {**scope.symbols, **scope.params}, scope)
                 except Abort:
                     return None
         return shape
@@ -257,7 +257,7 @@ class Checker:
             params, macs = op_registry.cost(op, out)
             layers.append(Layer(full, op, shape, out, params, macs, op_text(ly, args), ly.span, scope.uses))
             if not scope.generic:
-                if not sizes_ok(rep, ly, full, op, shape, out, scope):
+                if not sizes_ok(rep, ly, full, op, shape, out, scope, domain):
                     raise Abort
                 drop_warnings(rep, ly, full, op, shape, scope, domain)
         else:
@@ -266,7 +266,10 @@ class Checker:
             raise Abort
         if ly.declared is not None:
             names = {**scope.symbols, **scope.params}
-            declared = rep.shape(ly.declared, names, scope)
+            try:
+                declared = rep.declared(ly.declared, names, scope)
+            except Abort:
+                return out  # (reported: checking goes on from the computed shape)
             if compare(rep, declared, out, ly.declared.span, scope, domain_so_far(layers, domain),
                        f"{full} produces {fmt_shape(out)}, but the line declares {fmt_shape(declared)}",
                        explain(layers[-1] if layers and layers[-1].name == full else None, declared)):
@@ -322,7 +325,10 @@ class Checker:
         if block.signature is not None and block.name not in self.generic_done and not scope.generic:
             # The signature could not be checked once for all uses: check it for this one.
             sig_out = block.signature[1]
-            declared = rep.shape(sig_out, {**symbols, **values}, inner)
+            try:
+                declared = rep.declared(sig_out, {**symbols, **values}, inner)
+            except Abort:
+                return out
             if not compare(rep, declared, out, sig_out.span, inner, domain_so_far(layers, domain),
                            f"block '{block.name}' produces {fmt_shape(out)} here, but its signature "
                            f"declares {fmt_shape(declared)}", ()):
@@ -341,8 +347,8 @@ class Checker:
                 symbols[d.id] = sy.sym(d.id)
         scope = Scope(params=params, symbols=symbols, generic=True, uses=(), prefix="", stack=(block.name,))
         try:
-            in_shape = rep.shape(sig_in, {**symbols, **params}, scope)
-            out_decl = rep.shape(sig_out, {**symbols, **params}, scope)
+            in_shape = rep.declared(sig_in, {**symbols, **params}, scope)
+            out_decl = rep.declared(sig_out, {**symbols, **params}, scope)
         except Abort:
             return
         layers: list[Layer] = []

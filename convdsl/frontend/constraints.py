@@ -102,10 +102,9 @@ def valid_for(rep: Reporter, m: ast.Model, layers: list[Layer], domain: sy.Domai
                 if need:
                     hint = "declare where " + ", ".join(
                         f"{s} >= {need[s]}" for s in sorted(free) if need.get(s, 1) > domain.lower.get(s, 1))
-                where = ", ".join(f"{k} = {v}" for k, v in sorted((v.counterexample or {}).items()) if k != "N")
-                rep.err("size", f"{ly.name}'s {axis_name(ly.out_shape, axis)} "
-                        f"{sy.to_str(d)} is {sy.evaluate(d, {**(v.counterexample or {}), 'N': 1})} "
-                        f"for {where}, which the where clause allows", ly.span, None,
+                if any(e.code == "size" and e.span == ly.span for e in rep.diags):
+                    return None  # the walk reported this layer already (its sizes are fixed by '==')
+                rep.err("size", empty_message(ly.name, ly.out_shape, axis, v.counterexample or {}), ly.span, None,
                         *((Note(hint),) if hint and hint != "declare where " else ()))
                 return None
     values = sy.minimal_values([c for c, _, _ in conds], domain, list(symbols))
@@ -120,6 +119,27 @@ def valid_for(rep: Reporter, m: ast.Model, layers: list[Layer], domain: sy.Domai
         return None
     values.setdefault("N", 1)
     return {s: values.get(s, 1) for s in symbols}
+
+
+def empty_message(name: str, shape: tuple[Dim, ...], axis: int, values: Mapping[str, int]) -> str:
+    """A layer's size that is below 1 at sizes the where clause allows."""
+    d = shape[axis]
+    where = ", ".join(f"{k} = {v}" for k, v in sorted(values.items()) if k != "N")
+    return (f"{name}'s {axis_name(shape, axis)} {sy.to_str(d)} is {sy.evaluate(d, {**values, 'N': 1})} "
+            f"for {where}, which the where clause allows")
+
+
+def empty_where_fixed(shape: tuple[Dim, ...], domain: sy.Domain) -> tuple[int, dict[str, int]] | None:
+    """The first axis (not the batch) whose size is below 1 with the symbols ``where ... ==``
+    fixes (the ones it uses all fixed), and those values; None if there is none."""
+    for axis, d in enumerate(shape[1:], start=1):
+        if is_sym(d):
+            free = sy.free_symbols(d) - {"N"}
+            if free and free <= domain.fixed.keys():
+                values = {x: domain.fixed[x] for x in sorted(free)}
+                if sy.evaluate(d, {**values, "N": 1}) < 1:
+                    return axis, values
+    return None
 
 
 def domain_so_far(layers: list[Layer], domain: sy.Domain) -> sy.Domain:

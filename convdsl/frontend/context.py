@@ -85,6 +85,19 @@ class Reporter:
     def shape(self, s: ast.Shape, names: Mapping[str, Dim], scope: Scope | None) -> tuple[Dim, ...]:
         return tuple(self.dim(d, names, scope, "a shape") for d in s.dims)
 
+    def declared(self, s: ast.Shape, names: Mapping[str, Dim], scope: Scope | None) -> tuple[Dim, ...]:
+        """A declared shape, every literal size of it at least 1 (raises Abort after reporting one
+        that is not).  A declaration is checked against the computed shape, never taken for it: a
+        declared 0 would otherwise hide an empty layer and move its error to a later line."""
+        dims = self.shape(s, names, scope)
+        bad = [(d_ast, d) for d_ast, d in zip(s.dims, dims) if isinstance(d, int) and d < 1]
+        for d_ast, d in bad:
+            self.err("bad-shape", f"a declared size must be at least 1, not {d}", d_ast.span, scope,
+                     Note("no layer has an empty output, so no shape has a size below 1"))
+        if bad:
+            raise Abort
+        return dims
+
 
 def arith(op: str, a: Dim, b: Dim) -> Dim:
     """``a op b`` for the language's operators (a ``//`` divisor is checked by the caller)."""

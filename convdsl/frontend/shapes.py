@@ -10,6 +10,7 @@ from ..core.diagnostics import Note, Span
 from ..core.model import Conv, Layer, Op, Pool
 from ..core.symbolic import Dim
 from . import ast
+from .constraints import empty_message, empty_where_fixed
 from .context import AXES, Reporter, Scope, paren
 
 
@@ -62,8 +63,13 @@ def formula_notes(op: Op, shape: tuple[Dim, ...], out: tuple[Dim, ...], axis: in
 
 
 def sizes_ok(rep: Reporter, ly: ast.Layer, name: str, op: Op, shape: tuple[Dim, ...], out: tuple[Dim, ...],
-             scope: Scope) -> bool:
-    """Whether no literal size of ``out`` is below 1; otherwise reports it at the layer."""
+             scope: Scope, domain: sy.Domain) -> bool:
+    """Whether no size of ``out`` is below 1 (a literal, or one the where clause fixes); otherwise
+    reports it here, at the layer that makes it, before a later layer trips over it."""
+    fixed = empty_where_fixed(out, domain)
+    if fixed is not None:
+        rep.err("size", empty_message(name, out, fixed[0], fixed[1]), ly.span, scope)
+        return False
     for axis, d in enumerate(out[1:], start=1):
         if isinstance(d, int) and d < 1:
             spatial = len(out) == 4 and axis >= 2
