@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convdsl.core.diagnostics import Span, render
-from convdsl.frontend import ast
+from convdsl.frontend import ast, check_source
 from convdsl.frontend.parse import get_parser, parse
 
 LENET = """\
@@ -472,3 +472,78 @@ def test_the_scanner_gives_lark_s_tokens():
         assert key(ours) == key(theirs), text
         compared += 1
     assert compared > 1000
+
+
+# ------------------------------------------------------------- issue 11 item 7: braces, CR, escapes
+def _cli(tmp_path, capsys, text: str | bytes, *argv: str):
+    from convdsl.tools.cli import main
+
+    path = tmp_path / "t.conv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code = main(["check", *argv, str(path)])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("keyword", ["model", "block"])
+def test_a_missing_brace_is_reported_at_the_next_item(keyword, tmp_path, capsys):
+    nxt = "model B(x: [N, 3, 8, 8]) -> [N, 3, 8, 8]" if keyword == "model" else "block b(c)"
+    src = f"model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {{\n    relu\n\n{nxt} {{\n    relu\n}}\n"
+    _, diags = parse(src, "t.conv")
+    (d,) = diags
+    assert (d.span.line, d.span.column, d.message) == (4, 1, f"expected '}}' before '{keyword}'")
+    (note,) = d.notes
+    assert note.message == "to match this '{'" and note.span is not None
+    assert (note.span.line, note.span.column) == (1, 42)
+    code, out = _cli(tmp_path, capsys, src)
+    assert code == 1 and "Traceback" not in out.err
+
+
+def test_a_missing_parenthesis_before_the_next_model():
+    src = "model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    conv(3, kernel=1,\n\nmodel B(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    relu\n}\n"
+    _, diags = parse(src, "t.conv")
+    assert [(d.span.line, d.span.column, d.message) for d in diags] == [(4, 1, "expected ')' before 'model'")]
+    assert diags[0].notes[0].span.line == 2
+
+
+def test_a_keyword_used_as_a_label_is_still_worded_as_before():
+    src = "model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    model: relu\n}\n"
+    _, diags = parse(src, "t.conv")
+    assert diags and all("before 'model'" not in d.message for d in diags)
+
+
+def test_a_cr_only_file_is_read_line_by_line(tmp_path, capsys):
+    lines = ["model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {", "    # old Mac line endings", "    relu",
+             "    conv(3, kernel=2)", "}", ""]
+    for ending in ("\r", "\r\n", "\n"):
+        checked = check_source(ending.join(lines), "t.conv")
+        (err,) = checked.result.errors
+        assert (err.span.line, err.span.column) == (1, 29)
+        assert err.notes[0].span.line == 4
+        assert "\n          conv(3, kernel=2)\n          ^^^^^^^^^^^^^^^^^" in checked.render()
+    ok = "\r".join(["model A(x: [N, 3, 8, 8]) -> [N, 3, 7, 7] {", "    relu", "    conv(3, kernel=2)", "}", ""])
+    assert check_source(ok).ok
+    code, out = _cli(tmp_path, capsys, "\r".join(lines))
+    assert code == 1 and "defines no model" not in out.err and "t.conv:1:29: error" in out.err
+
+
+def test_control_characters_are_shown_escaped_with_the_carets_under_them(tmp_path, capsys):
+    src = "model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    relu \x1b[31m # \x1b]0;title\x07\n}\n"
+    code, out = _cli(tmp_path, capsys, src)
+    assert code == 1
+    assert "\x1b" not in out.err and "\x07" not in out.err
+    assert "        relu \\x1b[31m # \\x1b]0;title\\x07\n             ^^^^\n" in out.err
+    # the '[' after the escape: its caret moves with the text, by the 3 extra characters of \x1b
+    assert "        relu \\x1b[31m # \\x1b]0;title\\x07\n                 ^\n" in out.err
+
+
+def test_bidi_overrides_and_unicode_line_separators_in_comments():
+    """U+2028 and a form feed are not line breaks (str.splitlines would count them), and a bidi
+    override is shown as an escape, not obeyed by the terminal."""
+    src = ("model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    # \u2028 not a line break\x0c\n"
+           "    conv(3, kernel=2)  # \u202e reversed\n}\n")
+    checked = check_source(src, "t.conv")
+    (err,) = checked.result.errors
+    assert err.notes[0].span.line == 3
+    text = checked.render()
+    assert "\u202e" not in text and "\u2028" not in text
+    assert "\n          conv(3, kernel=2)  # \\u202e reversed\n          ^^^^^^^^^^^^^^^^^" in text

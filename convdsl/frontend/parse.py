@@ -212,7 +212,16 @@ _TEXT = {"LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBR
 def _check_brackets(tokens: list[Token], src: _Source) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     stack: list[Token] = []
-    for t in tokens:
+    for i, t in enumerate(tokens):
+        if stack and _starts_item(tokens, i):
+            # ``model`` or ``block`` at the start of a line inside a body: the body's '}' (or an
+            # argument list's ')') is missing before it.  Said here, where it is noticed, with a note
+            # at the bracket left open, as clang does; the brackets before it are then closed.
+            o = stack[-1]
+            closer = _TEXT[_OPEN[o.type]]
+            diags.append(error("syntax", f"expected '{closer}' before '{t}'", src.tok(t),
+                               Note(f"to match this '{o}'", src.tok(o))))
+            stack.clear()
         if t.type in _OPEN:
             stack.append(t)
             if len(stack) > MAX_NESTING:
@@ -260,6 +269,13 @@ def _check_brackets(tokens: list[Token], src: _Source) -> list[Diagnostic]:
             )
         )
     return diags[:MAX_ERRORS]
+
+
+def _starts_item(tokens: list[Token], i: int) -> bool:
+    """Whether token ``i`` begins a model or block: the keyword first on its line, then a name."""
+    t = tokens[i]
+    return (t.type in ("MODEL", "BLOCK") and (i == 0 or tokens[i - 1].type == "_NL")
+            and i + 1 < len(tokens) and tokens[i + 1].type == "NAME")
 
 
 # --------------------------------------------------------------- newlines
