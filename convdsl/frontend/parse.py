@@ -110,13 +110,21 @@ class _Source:
         self.eof = Span(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
 
     def tok(self, t: Token) -> Span:
-        return Span(self.file, t.line, t.column, t.end_line, t.end_column)
+        return _token_span(self.file, t)
 
     def after(self, t: Token | None) -> Span:
         """A one-character span just after token ``t`` (where something is missing)."""
         if t is None:
             return Span(self.file, 1, 1, 1, 2)
-        return Span(self.file, t.end_line, t.end_column, t.end_line, t.end_column + 1)
+        end = _token_span(self.file, t)
+        return Span(self.file, end.end_line, end.end_column, end.end_line, end.end_column + 1)
+
+
+def _token_span(file: str, t: Token) -> Span:
+    # Every token the scanner makes has its place; lark types them optional because a token it
+    # makes up (the end of input) has none, and those are never located this way.
+    assert t.line is not None and t.column is not None and t.end_line is not None and t.end_column is not None
+    return Span(file, t.line, t.column, t.end_line, t.end_column)
 
 
 def _at(span: Span) -> str:
@@ -527,7 +535,7 @@ class _Builder:
 
     def span(self, node: Tree | Token) -> Span:
         if isinstance(node, Token):
-            return Span(self.file, node.line, node.column, node.end_line, node.end_column)
+            return _token_span(self.file, node)
         m = node.meta
         return Span(self.file, m.line, m.column, m.end_line, m.end_column)
 
