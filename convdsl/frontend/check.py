@@ -9,7 +9,8 @@ The walk is here; each concern is a module of its own: ``expand`` (repeats unrol
 named, block-level checks), ``arguments`` (a call's arguments read by parameter kind), ``blocks``
 (a block use's arguments and signature), ``shapes`` (computed against declared shapes, empty
 outputs, dropped cells), ``constraints`` (``where`` clauses, the valid input sizes), and
-``context`` (the diagnostics, the scope of a walk, expression evaluation).
+``context`` (the diagnostics, the scope of a walk, expression evaluation).  ``limits`` holds
+the caps on the work (layers after expansion, nesting depth), counted before the walk.
 
 Choices the language page leaves open, made here (and written down in
 ``docs/language.md``):
@@ -21,6 +22,9 @@ Choices the language page leaves open, made here (and written down in
   model is skipped.
 * Layer arguments are integer expressions over block parameters; the model's
   shape symbols (``N``, ``H``, ...) may not appear in them.
+* A declared size below 1 is an error where it is declared, and checking goes on from the
+  computed shape; a size the where clause's ``==`` makes empty is reported at the layer that
+  computes it.
 * A label inside ``repeat K`` with ``K > 1`` is an error (it would name K layers).
 * ``flatten`` of a 2-D tensor is the identity, as ``torch.nn.Flatten``.
 """

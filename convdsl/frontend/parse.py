@@ -98,16 +98,15 @@ def _parse(text: str, file: str) -> tuple[ast.Program | None, list[Diagnostic]]:
 
 
 # ------------------------------------------------------------------ source
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
 class _Source:
     def __init__(self, text: str, file: str):
         self.text = text
         self.file = file
-        lines = _LINE_BREAK.split(text)
-        # Position just after the last character: where "end of file" points.
-        self.eof = Span(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+        # Position just after the last character: where "end of file" points (counted, so that a
+        # long file is not copied line by line for it; a CRLF is one break).
+        breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+        last = len(text) - max(text.rfind("\n"), text.rfind("\r")) - 1
+        self.eof = Span(file, breaks + 1, last + 1, breaks + 1, last + 2)
 
     def tok(self, t: Token) -> Span:
         return _token_span(self.file, t)
