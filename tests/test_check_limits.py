@@ -228,3 +228,15 @@ def test_caps_read_the_environment_each_time(monkeypatch):
     monkeypatch.delenv("CONVDSL_MAX_LAYERS")
     assert MAX_LAYERS.value() == MAX_LAYERS.default
     assert MAX_BLOCK_DEPTH.value() == MAX_BLOCK_DEPTH.default
+
+
+@pytest.mark.parametrize("argv", [["check"], ["check", "--json"], ["run"], ["compile", "--emit", "plan"]])
+def test_every_command_refuses_a_file_past_a_cap_with_status_1(argv, tmp_path, capsys):
+    path = tmp_path / "big.conv"
+    path.write_text(_model("repeat 1000000000 { relu }"))
+    assert main([*argv, str(path)]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "CONVDSL_MAX_LAYERS" in out.out + out.err
+    with pytest.raises(convdsl.CompileError) as e:
+        convdsl.load(str(path))
+    assert [d.code for d in e.value.diagnostics] == ["limit"]
