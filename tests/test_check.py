@@ -187,3 +187,47 @@ def test_broken_pipe_is_quiet(tmp_path):
     r = subprocess.run(f"{sys.executable} -m convdsl check --json {EXAMPLES / 'vgg11.conv'} | head -1",
                        shell=True, capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "{" and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------- declared shapes are never trusted over computed ones
+def test_a_declared_empty_size_is_an_error_where_it_is_declared():
+    """``-> [N, 1, 0, W]`` under ``where H == 2`` was accepted, hiding conv1's empty output, and the
+    error landed on the layer after it (issue 11 item 4(b))."""
+    src = ("model M(x: [N, 1, H, W]) -> [N, 1, 1, W] where H == 2 {\n"
+           "    conv(1, kernel=(3, 1)) -> [N, 1, 0, W]\n"
+           "    relu\n"
+           "}\n")
+    errors = _errors(src)
+    assert (2, 5, "conv1's height H - 2 is 0 for H = 2, which the where clause allows") in errors
+    assert (2, 38, "a declared size must be at least 1, not 0") in errors
+    assert all(line == 2 for line, _, _ in errors), errors  # nothing on relu's line
+
+
+@pytest.mark.parametrize("decl, col", [("[N, 1, -1, W]", 36), ("[N, 0, H, W]", 33), ("[N, 1, 2 - 3, W]", 36)])
+def test_declared_sizes_below_one_are_errors_in_every_declaration(decl, col):
+    model_out = f"model M(x: [N, 1, H, W]) -> {decl} {{\n    relu\n}}\n"
+    assert _errors(model_out) == [(1, col, f"a declared size must be at least 1, not "
+                                           f"{-1 if '-' in decl else 0}")]
+    layer = f"model M(x: [N, 1, H, W]) -> [N, 1, H, W] {{\n    relu -> {decl}\n}}\n"
+    assert [e[:2] for e in _errors(layer)] == [(2, col - 16)]
+    block = f"block b : [N, C, H, W] -> {decl} {{ relu }}\nmodel M(x: [N, 1, H, W]) -> [N, 1, H, W] {{\n    b\n}}\n"
+    assert [e[0] for e in _errors(block)] == [1]
+
+
+def test_checking_goes_on_from_the_computed_shape_after_a_bad_declaration():
+    src = ("model M(x: [N, 1, 8, 8]) -> [N, 1, 6, 8] {\n"
+           "    conv(1, kernel=(3, 1)) -> [N, 1, 0, 8]\n"
+           "    relu\n"
+           "}\n")
+    assert _errors(src) == [(2, 38, "a declared size must be at least 1, not 0")]
+
+
+def test_an_empty_size_fixed_by_where_is_reported_at_the_layer_that_makes_it():
+    """Before, the rank error of the later dense came first and the empty conv second."""
+    src = ("model M(x: [N, 1, H, W]) -> [N, 4] where H == 2 {\n"
+           "    conv(1, kernel=(3, 1))\n"
+           "    dense(4)\n"
+           "}\n")
+    assert _errors(src) == [(2, 5, "conv1's height H - 2 is 0 for H = 2, which the where clause allows")]
+    two = src.replace("where H == 2", "where H == 3, W == 2").replace("kernel=(3, 1)", "kernel=(2, 3)")
+    assert _errors(two) == [(2, 5, "conv1's width W - 2 is 0 for W = 2, which the where clause allows")]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convdsl.core.diagnostics import Span, render
-from convdsl.frontend import ast
+from convdsl.frontend import ast, check_source
 from convdsl.frontend.parse import get_parser, parse
 
 LENET = """\
@@ -433,3 +433,117 @@ def mutated_programs(draw):
 @given(mutated_programs())
 def test_fuzz_mutated_programs(text):
     _check_never_raises(text)
+
+
+def test_the_scanner_gives_lark_s_tokens():
+    """The front end's own scanner (``parse._lex``) against lark's lexer for the same grammar, on
+    every example and on random token soups: the same types, values and positions.  (Texts with a
+    CR are left out: a CR ends a line for the scanner, as for the diagnostic renderer, and is
+    blank space for lark.)"""
+    import random
+
+    from conftest import EXAMPLES
+
+    from lark.exceptions import UnexpectedCharacters
+
+    from convdsl.frontend.parse import _lex, _Source
+
+    lark = get_parser()
+    texts = [p.read_text() for p in sorted(EXAMPLES.rglob("*.conv"))]
+    words = ("model models block repeat where wherex x N H ( ) [ ] { } , : = -> >= > == % + - * // "
+             "12 1.5 .5 3. 1.2.3 # \t").split(" ") + ["\n", " ", "\f"]
+    rng = random.Random(11)
+    texts += ["".join(rng.choice(words) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 40)))
+              for _ in range(2000)]
+
+    def key(tokens):
+        return [(t.type, str(t), t.line, t.column, t.end_line, t.end_column, t.start_pos) for t in tokens]
+
+    compared = 0
+    for text in texts:
+        assert "\r" not in text
+        ours, diags = _lex(_Source(text, "t.conv"))
+        try:
+            theirs = list(lark.lex(text))
+        except UnexpectedCharacters as e:  # a lone "." of "1.2.3": an error for both
+            assert diags and (diags[0].span.line, diags[0].span.column) == (e.line, e.column), text
+            continue
+        assert not diags, text
+        assert key(ours) == key(theirs), text
+        compared += 1
+    assert compared > 1000
+
+
+# ------------------------------------------------------------- issue 11 item 7: braces, CR, escapes
+def _cli(tmp_path, capsys, text: str | bytes, *argv: str):
+    from convdsl.tools.cli import main
+
+    path = tmp_path / "t.conv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code = main(["check", *argv, str(path)])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("keyword", ["model", "block"])
+def test_a_missing_brace_is_reported_at_the_next_item(keyword, tmp_path, capsys):
+    nxt = "model B(x: [N, 3, 8, 8]) -> [N, 3, 8, 8]" if keyword == "model" else "block b(c)"
+    src = f"model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {{\n    relu\n\n{nxt} {{\n    relu\n}}\n"
+    _, diags = parse(src, "t.conv")
+    (d,) = diags
+    assert (d.span.line, d.span.column, d.message) == (4, 1, f"expected '}}' before '{keyword}'")
+    (note,) = d.notes
+    assert note.message == "to match this '{'" and note.span is not None
+    assert (note.span.line, note.span.column) == (1, 42)
+    code, out = _cli(tmp_path, capsys, src)
+    assert code == 1 and "Traceback" not in out.err
+
+
+def test_a_missing_parenthesis_before_the_next_model():
+    src = "model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    conv(3, kernel=1,\n\nmodel B(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    relu\n}\n"
+    _, diags = parse(src, "t.conv")
+    assert [(d.span.line, d.span.column, d.message) for d in diags] == [(4, 1, "expected ')' before 'model'")]
+    assert diags[0].notes[0].span.line == 2
+
+
+def test_a_keyword_used_as_a_label_is_still_worded_as_before():
+    src = "model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    model: relu\n}\n"
+    _, diags = parse(src, "t.conv")
+    assert diags and all("before 'model'" not in d.message for d in diags)
+
+
+def test_a_cr_only_file_is_read_line_by_line(tmp_path, capsys):
+    lines = ["model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {", "    # old Mac line endings", "    relu",
+             "    conv(3, kernel=2)", "}", ""]
+    for ending in ("\r", "\r\n", "\n"):
+        checked = check_source(ending.join(lines), "t.conv")
+        (err,) = checked.result.errors
+        assert (err.span.line, err.span.column) == (1, 29)
+        assert err.notes[0].span.line == 4
+        assert "\n          conv(3, kernel=2)\n          ^^^^^^^^^^^^^^^^^" in checked.render()
+    ok = "\r".join(["model A(x: [N, 3, 8, 8]) -> [N, 3, 7, 7] {", "    relu", "    conv(3, kernel=2)", "}", ""])
+    assert check_source(ok).ok
+    code, out = _cli(tmp_path, capsys, "\r".join(lines))
+    assert code == 1 and "defines no model" not in out.err and "t.conv:1:29: error" in out.err
+
+
+def test_control_characters_are_shown_escaped_with_the_carets_under_them(tmp_path, capsys):
+    src = "model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    relu \x1b[31m # \x1b]0;title\x07\n}\n"
+    code, out = _cli(tmp_path, capsys, src)
+    assert code == 1
+    assert "\x1b" not in out.err and "\x07" not in out.err
+    assert "        relu \\x1b[31m # \\x1b]0;title\\x07\n             ^^^^\n" in out.err
+    # the '[' after the escape: its caret moves with the text, by the 3 extra characters of \x1b
+    assert "        relu \\x1b[31m # \\x1b]0;title\\x07\n                 ^\n" in out.err
+
+
+def test_bidi_overrides_and_unicode_line_separators_in_comments():
+    """U+2028 and a form feed are not line breaks (str.splitlines would count them), and a bidi
+    override is shown as an escape, not obeyed by the terminal."""
+    src = ("model A(x: [N, 3, 8, 8]) -> [N, 3, 8, 8] {\n    # \u2028 not a line break\x0c\n"
+           "    conv(3, kernel=2)  # \u202e reversed\n}\n")
+    checked = check_source(src, "t.conv")
+    (err,) = checked.result.errors
+    assert err.notes[0].span.line == 3
+    text = checked.render()
+    assert "\u202e" not in text and "\u2028" not in text
+    assert "\n          conv(3, kernel=2)  # \\u202e reversed\n          ^^^^^^^^^^^^^^^^^" in text

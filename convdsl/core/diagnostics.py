@@ -14,6 +14,7 @@ Lines and columns are 1-based; ``end_column`` is exclusive.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping
 
@@ -57,6 +58,8 @@ CODES: Mapping[str, str] = {
     "where": "a where clause that cannot hold, or a layer it does not keep non-empty",
     "recursion": "a block that uses itself, directly or through others",
     "drop": "(warning) input rows or columns that no window reads",
+    "limit": "a file past one of the front end's work caps (layers after expansion, block depth, tokens): "
+             "the message names the environment variable that raises it",
     "internal": "a bug in convdsl: please report it with the file",
 }
 
@@ -125,10 +128,25 @@ class SourceMap:
         text = self.texts.get(file)
         if text is None:
             return None
-        lines = text.splitlines()
+        # The parser's line breaks (LF, CRLF, a lone CR) and no others: str.splitlines also breaks
+        # at form feeds, U+2028 and more, which would quote the wrong line after one.
+        lines = _LINE_BREAK.split(text)
+        if lines[-1] == "":  # (a final line break ends the last line; it does not start one)
+            lines.pop()
         if 1 <= line <= len(lines):
             return lines[line - 1].expandtabs(1)
         return None
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _shown(ch: str) -> str:
+    """A character as an excerpt shows it: itself if printable, else an escape (``\x1b``,
+    ``\u202e``), so that a file cannot send escape codes or bidi overrides to the terminal."""
+    if ch.isprintable() or ch == " ":
+        return ch
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
 
 
 def _caret_block(src: SourceMap, span: Span) -> list[str]:
@@ -140,8 +158,16 @@ def _caret_block(src: SourceMap, span: Span) -> list[str]:
         end = max(span.end_column, start + 1)
     else:  # multi-line span: underline to the end of the first line
         end = max(len(text) + 1, start + 1)
-    width = min(end, len(text) + 2) - start
-    return ["    " + text, "    " + " " * (start - 1) + "^" * max(width, 1)]
+    end = min(end, len(text) + 2)
+    # Columns count characters of the file; an escaped one is several on screen, so the carets
+    # move with the text: ``at[i]`` is where the file's column i + 1 starts on screen.
+    shown = [_shown(ch) for ch in text]
+    at = [0]
+    for piece in shown:
+        at.append(at[-1] + len(piece))
+    at.append(at[-1] + 1)  # (one past the end: a span may point just after the line)
+    left, right = at[min(start, len(at)) - 1], at[min(end, len(at)) - 1]
+    return ["    " + "".join(shown), "    " + " " * left + "^" * max(right - left, 1)]
 
 
 def render(diag: Diagnostic, sources: Mapping[str, str] | SourceMap) -> str:

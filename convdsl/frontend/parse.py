@@ -21,19 +21,22 @@ The parse tree is then turned into ``convdsl.frontend.ast`` nodes by :class:`_Bu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
 from lark import Lark, Token, Tree
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedToken
+from lark.exceptions import LarkError, UnexpectedToken
 
 from ..core.diagnostics import Diagnostic, Note, Span, error
 from . import ast
+from .limits import MAX_TOKENS
 
-__all__ = ["parse", "get_parser", "MAX_NESTING", "MAX_ERRORS"]
+__all__ = ["parse", "get_parser", "MAX_NESTING", "MAX_ERRORS", "MAX_EXPR_DEPTH"]
 
 MAX_NESTING = 64  # brackets deeper than this are refused (keeps recursion bounded)
 MAX_DIGITS = 30  # longer integer literals are refused
+MAX_EXPR_DEPTH = 200  # deeper expressions are refused (the checker evaluates them recursively)
 MAX_ERRORS = 20  # stop reporting after this many syntax errors in one file
 
 _LARK: Lark | None = None
@@ -71,7 +74,7 @@ def _parse(text: str, file: str) -> tuple[ast.Program | None, list[Diagnostic]]:
         raise TypeError("parse() expects the program text as a str")
     lark = get_parser()
     src = _Source(text, file)
-    tokens, diags = _lex(lark, src)
+    tokens, diags = _lex(src)
     diags += _check_brackets(tokens, src)
     if diags:
         return None, diags
@@ -84,6 +87,9 @@ def _parse(text: str, file: str) -> tuple[ast.Program | None, list[Diagnostic]]:
     for tree in trees:
         try:
             items.append(builder.item(tree))
+        except _DeepExpression as e:
+            diags.append(error("syntax", f"an expression nested more than {MAX_EXPR_DEPTH} deep (operators inside "
+                               "operators)", e.span))
         except RecursionError:
             diags.append(error("syntax", "an expression in this item is nested too deeply", builder.head(tree)))
     if diags:
@@ -96,18 +102,28 @@ class _Source:
     def __init__(self, text: str, file: str):
         self.text = text
         self.file = file
-        lines = text.split("\n")
-        # Position just after the last character: where "end of file" points.
-        self.eof = Span(file, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+        # Position just after the last character: where "end of file" points (counted, so that a
+        # long file is not copied line by line for it; a CRLF is one break).
+        breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+        last = len(text) - max(text.rfind("\n"), text.rfind("\r")) - 1
+        self.eof = Span(file, breaks + 1, last + 1, breaks + 1, last + 2)
 
     def tok(self, t: Token) -> Span:
-        return Span(self.file, t.line, t.column, t.end_line, t.end_column)
+        return _token_span(self.file, t)
 
     def after(self, t: Token | None) -> Span:
         """A one-character span just after token ``t`` (where something is missing)."""
         if t is None:
             return Span(self.file, 1, 1, 1, 2)
-        return Span(self.file, t.end_line, t.end_column, t.end_line, t.end_column + 1)
+        end = _token_span(self.file, t)
+        return Span(self.file, end.end_line, end.end_column, end.end_line, end.end_column + 1)
+
+
+def _token_span(file: str, t: Token) -> Span:
+    # Every token the scanner makes has its place; lark types them optional because a token it
+    # makes up (the end of input) has none, and those are never located this way.
+    assert t.line is not None and t.column is not None and t.end_line is not None and t.end_column is not None
+    return Span(file, t.line, t.column, t.end_line, t.end_column)
 
 
 def _at(span: Span) -> str:
@@ -132,30 +148,65 @@ _CHAR_HINTS = {
 }
 
 
-def _lex(lark: Lark, src: _Source) -> tuple[list[Token], list[Diagnostic]]:
-    text = src.text
+# One pattern for every terminal of the grammar (``grammar/convdsl.lark``), in the order lark's
+# basic lexer tries them: a decimal before an integer, two-character symbols before their first
+# character, keywords as names that are then retyped.  A hand-made scanner, because lark's lexer
+# costs several microseconds a token and a long file is mostly tokens; ``tests/test_parse.py``
+# checks that both give the same tokens.  Unlike the grammar's ``_NL``, a lone CR ends a line too
+# (files with old Mac line endings), as it does for ``str.splitlines`` and the diagnostic renderer.
+_SCAN = re.compile(
+    r"(?P<WS>[ \t\f]+)|(?P<_NL>\r\n|\r|\n)|(?P<COMMENT>\#[^\r\n]*)"
+    r"|(?P<DECIMAL>[0-9]*\.[0-9]+|[0-9]+\.)|(?P<INT>[0-9]+)|(?P<NAME>[A-Za-z_][A-Za-z_0-9]*)"
+    r"|(?P<ARROW>->)|(?P<GE>>=)|(?P<EQ>==)|(?P<DSLASH>//)|(?P<GT>>)|(?P<LPAR>\()|(?P<RPAR>\))"
+    r"|(?P<LSQB>\[)|(?P<RSQB>\])|(?P<LBRACE>\{)|(?P<RBRACE>\})|(?P<COMMA>,)|(?P<COLON>:)|(?P<PERCENT>%)"
+    r"|(?P<EQUAL>=)|(?P<MINUS>-)|(?P<PLUS>\+)|(?P<STAR>\*)|(?P<BAD>.)",
+    re.DOTALL,
+)
+_KEYWORD_TYPES = {"model": "MODEL", "block": "BLOCK", "repeat": "REPEAT", "where": "WHERE"}
+
+
+def _lex(src: _Source) -> tuple[list[Token], list[Diagnostic]]:
     diags: list[Diagnostic] = []
-    while True:
-        try:
-            tokens = list(lark.lex(text))
-        except UnexpectedCharacters as exc:
-            ch = text[exc.pos_in_stream]
-            span = Span(src.file, exc.line, exc.column, exc.line, exc.column + 1)
+    tokens: list[Token] = []
+    max_tokens, complaint = MAX_TOKENS.read()
+    if complaint:
+        diags.append(error("limit", complaint, Span(src.file, 1, 1, 1, 2)))
+    file = src.file
+    line, line_start = 1, 0
+    for m in _SCAN.finditer(src.text):
+        kind = m.lastgroup
+        if kind == "WS" or kind == "COMMENT":
+            continue
+        pos = m.start()
+        col = pos - line_start + 1
+        value = m.group()
+        if kind == "_NL":
+            tokens.append(Token("_NL", value, pos, line, col, line + 1, 1, m.end()))
+            line, line_start = line + 1, m.end()
+            continue
+        if kind == "BAD":
             notes = []
-            if ch in _CHAR_HINTS:
-                notes.append(Note(_CHAR_HINTS[ch]))
-            elif ch.isalpha() or ch.isdigit():
+            if value in _CHAR_HINTS:
+                notes.append(Note(_CHAR_HINTS[value]))
+            elif value.isalpha() or value.isdigit():
                 notes.append(Note("names use the ASCII letters, digits and '_'"))
-            diags.append(error("syntax", f"unexpected character {_describe_char(ch)}", span, *notes))
+            diags.append(error("syntax", f"unexpected character {_describe_char(value)}",
+                               Span(file, line, col, line, col + 1), *notes))
             if len(diags) >= MAX_ERRORS:
                 return [], diags
-            # Blank the character (keeping every position) and lex again.
-            text = text[: exc.pos_in_stream] + " " + text[exc.pos_in_stream + 1 :]
             continue
-        break
-    for t in tokens:
-        if t.type == "INT" and len(t) > MAX_DIGITS:
-            diags.append(error("syntax", f"number too large ({len(t)} digits)", src.tok(t)))
+        if kind == "NAME":
+            kind = _KEYWORD_TYPES.get(value, "NAME")
+        elif kind == "INT" and len(value) > MAX_DIGITS:
+            diags.append(error("syntax", f"number too large ({len(value)} digits)",
+                               Span(file, line, col, line, col + len(value))))
+        assert kind is not None
+        tokens.append(Token(kind, value, pos, line, col, line, col + len(value), m.end()))
+        if len(tokens) > max_tokens:
+            diags.append(error("limit", MAX_TOKENS.exceeded(f"the file holds more than {max_tokens:,} tokens"),
+                               Span(file, line, col, line, col + len(value)),
+                               Note("tokens are the names, numbers and symbols of the program")))
+            return [], diags
     return tokens, diags[:MAX_ERRORS]
 
 
@@ -168,7 +219,16 @@ _TEXT = {"LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBR
 def _check_brackets(tokens: list[Token], src: _Source) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     stack: list[Token] = []
-    for t in tokens:
+    for i, t in enumerate(tokens):
+        if stack and _starts_item(tokens, i):
+            # ``model`` or ``block`` at the start of a line inside a body: the body's '}' (or an
+            # argument list's ')') is missing before it.  Said here, where it is noticed, with a note
+            # at the bracket left open, as clang does; the brackets before it are then closed.
+            o = stack[-1]
+            closer = _TEXT[_OPEN[o.type]]
+            diags.append(error("syntax", f"expected '{closer}' before '{t}'", src.tok(t),
+                               Note(f"to match this '{o}'", src.tok(o))))
+            stack.clear()
         if t.type in _OPEN:
             stack.append(t)
             if len(stack) > MAX_NESTING:
@@ -216,6 +276,13 @@ def _check_brackets(tokens: list[Token], src: _Source) -> list[Diagnostic]:
             )
         )
     return diags[:MAX_ERRORS]
+
+
+def _starts_item(tokens: list[Token], i: int) -> bool:
+    """Whether token ``i`` begins a model or block: the keyword first on its line, then a name."""
+    t = tokens[i]
+    return (t.type in ("MODEL", "BLOCK") and (i == 0 or tokens[i - 1].type == "_NL")
+            and i + 1 < len(tokens) and tokens[i + 1].type == "NAME")
 
 
 # --------------------------------------------------------------- newlines
@@ -373,7 +440,7 @@ def _order_key(term: str) -> int:
 
 def _parse_tokens(lark: Lark, tokens: list[Token], src: _Source) -> tuple[list[Tree], list[Diagnostic]]:
     """Feed the tokens to the LALR parser, recovering at statement starts after an error."""
-    contexts = _contexts(tokens)
+    contexts: list[_Context] | None = None  # made on the first error only: most files have none
     depths = []  # brace depth before each token
     d = 0
     for t in tokens:
@@ -394,6 +461,8 @@ def _parse_tokens(lark: Lark, tokens: list[Token], src: _Source) -> tuple[list[T
         except UnexpectedToken:
             if len(diags) >= MAX_ERRORS:
                 return [], diags
+            if contexts is None:
+                contexts = _contexts(tokens)
             diags.append(_syntax_error(ip, t, tokens[i - 1] if i else None, contexts[i], src))
             if i == last_error:  # no progress: drop the token
                 i += 1
@@ -465,7 +534,7 @@ class _Builder:
 
     def span(self, node: Tree | Token) -> Span:
         if isinstance(node, Token):
-            return Span(self.file, node.line, node.column, node.end_line, node.end_column)
+            return _token_span(self.file, node)
         m = node.meta
         return Span(self.file, m.line, m.column, m.end_line, m.end_column)
 
@@ -574,13 +643,21 @@ class _Builder:
     # expressions ------------------------------------------------------
     _BINOPS = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//"}
 
-    def expr(self, node: Tree) -> ast.Expr:
+    def expr(self, node: Tree, depth: int = 0) -> ast.Expr:
         kind = node.data
         if kind == "num":
-            return ast.Num(int(node.children[0]), self.span(node))
+            return ast.Num(int(str(node.children[0])), self.span(node))
         if kind == "name":
             return ast.Name(str(node.children[0]), self.span(node))
+        if depth >= MAX_EXPR_DEPTH:
+            raise _DeepExpression(self.span(node))
         if kind == "neg":
-            return ast.Neg(self.expr(node.children[0]), self.span(node))
+            return ast.Neg(self.expr(node.children[0], depth + 1), self.span(node))
         left, right = node.children
-        return ast.BinOp(self._BINOPS[kind], self.expr(left), self.expr(right), self.span(node))  # type: ignore[arg-type]
+        return ast.BinOp(self._BINOPS[kind], self.expr(left, depth + 1), self.expr(right, depth + 1),  # type: ignore[arg-type]
+                         self.span(node))
+
+
+class _DeepExpression(Exception):
+    def __init__(self, span: Span):
+        self.span = span

@@ -48,9 +48,12 @@ def macs_terms(layer: Layer) -> tuple[int, list[str]]:
 
 def macs_text(layers: Iterable[Layer]) -> str | int:
     """Total MACs: an int, or a readable sum of factored terms."""
+    return _sum_terms([macs_terms(ly) for ly in layers])
+
+
+def _sum_terms(parts: list[tuple[int, list[str]]]) -> str | int:
     const, terms = 0, []
-    for ly in layers:
-        c, t = macs_terms(ly)
+    for c, t in parts:
         const += c
         terms += t
     if not terms:
@@ -62,12 +65,20 @@ def _macs(v: int | str) -> str:
     return f"{v:,}" if isinstance(v, int) else v
 
 
+_MAX_ALIGNED = 200
+
+
 def summary_table(m: CheckedModel) -> str:
     """A torchinfo-like table: name, op, output shape, params, MACs per image."""
     head = ("layer", "op", "output shape", "params", "MACs/image")
-    rows = [(ly.name, ly.text, format_shape(ly.out_shape), _num(ly.params), _macs(macs_text([ly]))) for ly in m.layers]
-    total = ("total", "", format_shape(m.output_shape), _num(m.params), _macs(macs_text(m.layers)))
-    widths = [max(len(r[i]) for r in [head, *rows, total]) for i in range(5)]
+    terms = [macs_terms(ly) for ly in m.layers]  # (once a layer: the total is their sum)
+    rows = [(ly.name, ly.text, format_shape(ly.out_shape), _num(ly.params), _macs(_sum_terms([t])))
+            for ly, t in zip(m.layers, terms)]
+    total = ("total", "", format_shape(m.output_shape), _num(m.params), _macs(_sum_terms(terms)))
+    # A total too long to read as one cell (a sum of thousands of terms) is not what the column is
+    # aligned to: padding every row to it would make the table rows times its size.
+    aligned = [total] if len(total[4]) <= _MAX_ALIGNED else [(*total[:4], "")]
+    widths = [max(len(r[i]) for r in [head, *rows, *aligned]) for i in range(5)]
 
     def line(r: tuple[str, ...]) -> str:
         return "  ".join(
