@@ -476,7 +476,8 @@ def test_minimal_values_domain():
     assert minimal_values([h], Domain(fixed={"H": 32})) == {"H": 32}
     assert minimal_values([h], Domain(fixed={"H": 8})) is None
     assert minimal_values([h, 0]) is None  # a constant cond < 1
-    assert minimal_values([H - 1 - 2 ** 30]) is None  # beyond the cap
+    assert minimal_values([H - 1 - 2 ** 30]) == {"H": 2 ** 30 + 2}  # found however large
+    assert minimal_values([H - 2 ** 63]) is None  # past any size 64-bit code can index
     assert minimal_values([1, 3]) == {}
     # several convs on the same axis: the strictest wins
     assert minimal_values([H - 2, H // 4, (H - 6) // 2 + 1]) == {"H": 6}

@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import os
 import random
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -627,12 +628,12 @@ class Domain:
     multiple_of: Mapping[str, int] = field(default_factory=dict)
     fixed: Mapping[str, int] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for s, m in self.multiple_of.items():
             if m < 1:
                 raise ValueError(f"multiple_of[{s!r}] must be >= 1, got {m}")
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(tuple(frozenset(m.items()) for m in (self.lower, self.multiple_of, self.fixed)))
 
     def lower_of(self, s: str) -> int:
@@ -660,8 +661,13 @@ class Domain:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A proof question's answer.  ``counterexample`` (with ``disproved``) is a point
+    of the domain, checked by evaluation, where the fact fails; ``reason`` (with
+    ``unknown``) says why the prover gave up, naming the limit it reached if any."""
+
     status: Literal["proved", "disproved", "unknown"]
     counterexample: Optional[dict] = None
+    reason: Optional[str] = None
 
     @property
     def proved(self) -> bool:
@@ -673,9 +679,84 @@ class Verdict:
 
 
 _PROVED = Verdict("proved")
-_UNKNOWN = Verdict("unknown")
-_MAX_CLASSES = 4096
-_MAX_GRID = 20000
+
+# ---------------------------------------------------------------------------
+# Limits on proof work
+# ---------------------------------------------------------------------------
+
+LIMITS_DOC = "docs/limits.md"
+
+
+@dataclass(frozen=True)
+class ProofLimit:
+    """A cap on what one proof question may cost, raisable from the environment."""
+
+    what: str
+    env: str
+    default: int
+    unit: str
+
+    def value(self) -> int:
+        """The cap in force; a value that is not a positive integer falls back to the
+        default (:func:`limit_problems` reports it, so the checker can say so)."""
+        raw = os.environ.get(self.env, "").strip()
+        if raw.isdigit() and int(raw) >= 1:
+            return int(raw)
+        return self.default
+
+    def problem(self) -> Optional[str]:
+        raw = os.environ.get(self.env, "").strip()
+        if not raw or (raw.isdigit() and int(raw) >= 1):
+            return None
+        return (f"{self.env}={raw!r} is not a positive integer; the {self.what} limit stays at "
+                f"{self.default:,} {self.unit} (see {LIMITS_DOC})")
+
+    def reached(self, detail: str) -> str:
+        return (f"{detail}, past the {self.what} limit of {self.value():,} {self.unit} "
+                f"(set {self.env} to raise it; see {LIMITS_DOC})")
+
+
+# Steps are polynomial terms built or evaluated, 5-10 microseconds each, so the
+# default keeps any one question well under a second.
+MAX_PROOF_WORK = ProofLimit("proof-work", "CONVDSL_MAX_PROOF_WORK", 50_000, "steps")
+# Splitting into residue classes is exact but costs one polynomial per class: the
+# product over symbols of the lcm of the divisors acting on each.
+MAX_PROOF_PERIOD = ProofLimit("divisor-size", "CONVDSL_MAX_PROOF_PERIOD", 10_000, "residue classes")
+
+# No size past this is checked for: 64-bit generated code cannot index it.
+SIZE_LIMIT = 2**63 - 1
+
+
+def limit_problems() -> list:
+    """Messages for proof-limit variables set to something that is not a positive integer."""
+    return [p for p in (MAX_PROOF_WORK.problem(), MAX_PROOF_PERIOD.problem()) if p]
+
+
+class _OutOfWork(Exception):
+    pass
+
+
+class _Work:
+    """The proof-work allowance of one question."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise _OutOfWork
+
+
+def _eval_cost(p: tuple) -> int:
+    return len(p) + sum(_eval_cost(a[1]) for m, _ in p for a, _e in m if a[0] == "f")
+
+
+# ---------------------------------------------------------------------------
+# Periods and residue classes
+# ---------------------------------------------------------------------------
 
 
 def _periods_poly(p: tuple, acc: dict, factor: int) -> bool:
@@ -712,56 +793,273 @@ def _poly_degrees(p: tuple) -> dict:
     return deg
 
 
-def _class_polys(diff: Expr, domain: Domain):
-    """Yield ``(moduli, residues, starts, poly)`` per residue class, or return
-    None (via a first yield of None) when not applicable."""
-    per = period(diff)
+def _poly_symbols(p: tuple) -> set:
+    acc: set = set()
+    _free_poly(p, acc)
+    return acc
+
+
+def _sym_poly(s: str) -> tuple:
+    return _atom_poly(("s", s))
+
+
+@dataclass(frozen=True)
+class _Reduced:
+    """A question moved onto the multiples of the domain: each symbol ``s`` with
+    ``multiple_of[s] == m`` is replaced by ``m * t`` (``t`` keeps the name), so a
+    modulus costs nothing however large it is.  ``lower[s]`` bounds ``t``."""
+
+    poly: tuple
+    lower: dict
+    scale: dict
+
+    def back(self, point: Mapping[str, int]) -> dict:
+        return {s: self.scale.get(s, 1) * v for s, v in point.items()}
+
+
+def _reduce(p: tuple, domain: Domain) -> _Reduced:
+    syms = _poly_symbols(p)
+    env, lower, scale = {}, {}, {}
+    for s in syms:
+        m = domain.step(s)
+        lower[s] = domain.start(s) // m
+        if m > 1:
+            scale[s] = m
+            env[s] = _scale(_sym_poly(s), m)
+    return _Reduced(_subst_poly(p, env) if env else p, lower, scale)
+
+
+def _classes(r: _Reduced, work: _Work):
+    """Per residue class of the (reduced) symbols: ``(moduli, residues, starts,
+    floor-free polynomial)``.  Raises ``_Unsplittable`` (with the reason) first if
+    the polynomial has a symbolic divisor or too many classes."""
+    per = period(Expr._from_poly(r.poly)) if not _is_const(r.poly) else {}
     if per is None:
-        return None
+        raise _Unsplittable("a divisor is symbolic")
     syms = sorted(per)
-    mods = {s: math.lcm(per[s], domain.step(s)) for s in syms}
-    res_lists = [[r for r in range(mods[s]) if r % domain.step(s) == 0] for s in syms]
-    if math.prod(len(r) for r in res_lists) > _MAX_CLASSES:
-        return None
-    return _iter_classes(diff, domain, syms, mods, res_lists)
+    count = math.prod(per[s] for s in syms)
+    if count > MAX_PROOF_PERIOD.value():
+        raise _Unsplittable(MAX_PROOF_PERIOD.reached(
+            "splitting by the divisors needs " + " x ".join(f"{per[s]:,}" for s in syms if per[s] > 1)
+            + f" = {count:,} residue classes"))
+    return _iter_classes(r, syms, per, work)
 
 
-def _iter_classes(diff, domain, syms, mods, res_lists):
-    for combo in itertools.product(*res_lists):
-        env = {}
-        starts = {}
-        for s, r in zip(syms, combo):
+class _Unsplittable(Exception):
+    pass
+
+
+def _iter_classes(r: _Reduced, syms: list, mods: dict, work: _Work):
+    for combo in itertools.product(*(range(mods[s]) for s in syms)):
+        env, starts = {}, {}
+        for s, res in zip(syms, combo):
             L = mods[s]
-            env[s] = _add(_const(r), _atom_poly(("s", s)), L) if L != 1 or r else _atom_poly(("s", s))
-            # s = L*s' + r >= lower  <=>  s' >= ceil((lower - r) / L)
-            starts[s] = -((r - domain.lower_of(s)) // L)
-        P = _subst_poly(diff._p, env)
+            if L != 1 or res:
+                env[s] = _add(_const(res), _sym_poly(s), L)
+            # t = L*t' + res >= lower  <=>  t' >= ceil((lower - res) / L)
+            starts[s] = -((res - r.lower[s]) // L)
+        work.spend(_eval_cost(r.poly) * (1 + len(env)))
+        P = _subst_poly(r.poly, env) if env else r.poly
+        work.spend(len(P))
         yield mods, dict(zip(syms, combo)), starts, P
 
 
-def _back(mods, res, vals) -> dict:
+def _back(mods: dict, res: dict, vals: dict) -> dict:
     return {s: mods[s] * vals[s] + res[s] for s in vals}
 
 
-def _find_nonzero(P: tuple, starts: dict) -> Optional[dict]:
-    """A point (s' >= starts) where the floor-free polynomial P is non-zero."""
+# ---------------------------------------------------------------------------
+# Floor-free polynomials: zero and sign
+# ---------------------------------------------------------------------------
+
+_MAX_GRID = 20000
+
+
+def _find_nonzero(P: tuple, starts: dict, work: _Work) -> Optional[dict]:
+    """A point (s' >= starts) where the floor-free, non-zero polynomial P is non-zero.
+
+    A polynomial of degree d_i in each variable that vanishes on a grid of
+    d_i + 1 points per variable is zero, so the grid finds a point when it fits."""
     deg = _poly_degrees(P)
     syms = sorted(deg)
     if math.prod(deg[s] + 1 for s in syms) <= _MAX_GRID:
         ranges = [range(starts[s], starts[s] + deg[s] + 1) for s in syms]
         for pt in itertools.product(*ranges):
             env = dict(zip(syms, pt))
+            work.spend(len(P))
             if _eval_poly(P, env):
-                return {**{s: starts[s] for s in starts}, **env}
+                return {**starts, **env}
     rng = random.Random(1)
-    for _ in range(2000):
+    for _ in range(500):
         env = {s: starts[s] + rng.randrange(0, 64) for s in syms}
+        work.spend(len(P))
         if _eval_poly(P, env):
-            return {**{s: starts[s] for s in starts}, **env}
+            return {**starts, **env}
     return None
 
 
-def _complete(point: dict, symbols: Iterable[str], domain: Domain) -> dict:
+def _shift(Q: tuple, c: dict, work: _Work) -> tuple:
+    """``Q(t + c)``."""
+    work.spend(len(Q) * (1 + len(c)))
+    out = _subst_poly(Q, {s: _add(_sym_poly(s), _const(v)) for s, v in c.items() if v})
+    work.spend(len(out))
+    return out
+
+
+def _nonneg_orthant(Q: tuple, work: _Work, depth: int = 0) -> bool:
+    """Certain proof that the floor-free Q >= 0 for all integer t >= 0 (False = not shown).
+
+    If ``Q(t + c)`` has only non-negative coefficients, Q >= 0 wherever every
+    ``t_i >= c``; the rest of the orthant is covered by fixing one ``t_i`` to
+    each value below ``c`` and recursing on the remaining variables.
+    """
+    if all(c >= 0 for _, c in Q):
+        return True
+    syms = sorted(_poly_degrees(Q))
+    if not syms:
+        return _const_val(Q) >= 0
+    if depth > 3:
+        return False
+    for c in (1, 2, 4, 8, 16, 32):
+        shifted = _shift(Q, {s: c for s in syms}, work)
+        if all(k >= 0 for _, k in shifted):
+            for s in syms:
+                for v in range(c):
+                    work.spend(len(Q))
+                    if not _nonneg_orthant(_subst_poly(Q, {s: _const(v)}), work, depth + 1):
+                        return False
+            return True
+    return False
+
+
+def _negative_point(Q: tuple, work: _Work) -> Optional[dict]:
+    """A point t >= 0 where the floor-free Q < 0, by search."""
+    if dict(Q).get((), 0) < 0:  # Q at t = 0
+        return {}
+    syms = sorted(_poly_degrees(Q))
+    n = len(syms)
+    k = max(2, min(16, int(4000 ** (1.0 / max(n, 1)))))
+    for pt in itertools.product(range(k), repeat=n):
+        env = dict(zip(syms, pt))
+        work.spend(len(Q))
+        if _eval_poly(Q, env) < 0:
+            return env
+    rng = random.Random(2)
+    for scale in (64, 4096, 1 << 20):
+        for _ in range(100):
+            env = {s: rng.randrange(scale) for s in syms}
+            work.spend(len(Q))
+            if _eval_poly(Q, env) < 0:
+                return env
+    return None
+
+
+def _nonneg_class(P: tuple, starts: dict, work: _Work) -> Union[bool, dict, None]:
+    """True if P >= 0 for all s' >= starts; a point (dict) where P < 0; or None."""
+    syms = sorted(_poly_degrees(P))
+    Q = _shift(P, {s: starts[s] for s in syms}, work)  # in t = s' - start >= 0
+    if _nonneg_orthant(Q, work):
+        return True
+    env = _negative_point(Q, work)
+    if env is None:
+        return None
+    return {**starts, **{s: starts[s] + env.get(s, 0) for s in syms}}
+
+
+# ---------------------------------------------------------------------------
+# Bounds that hold for any divisor: floors as variables
+# ---------------------------------------------------------------------------
+
+
+def _atoms(p: tuple) -> set:
+    return {a for m, _ in p for a, _e in m}
+
+
+def _lower_bound(p: tuple, lower: Mapping[str, int], work: _Work, depth: int = 0) -> Optional[int]:
+    """A lower bound of ``p`` where every symbol ``s >= lower[s]``, or None.
+
+    Each atom is bounded below on its own (a symbol by ``lower``, a floor by the
+    floor of its numerator's bound) and then treated as a free variable above
+    that bound: if ``p`` shifted to the atoms' bounds is non-negative apart from
+    its constant on the orthant, the constant is a bound.  Nothing here depends
+    on the size of a divisor."""
+    if _is_const(p):
+        return _const_val(p)
+    if depth > 8:
+        return None
+    names: dict = {}
+    bounds: dict = {}
+    for a in sorted(_atoms(p)):
+        name = f"#{len(names)}"
+        names[a] = _sym_poly(name)
+        if a[0] == "s":
+            bounds[name] = lower[a[1]]
+            continue
+        q = _lower_bound(a[1], lower, work, depth + 1)
+        if q is None:
+            return None
+        if a[2][0] == "c":
+            bounds[name] = q // a[2][1]
+        else:  # a divisor D >= 1: q/D lies between min(q, 0) and ...
+            bounds[name] = q if q < 0 else 0
+    work.spend(_eval_cost(p))
+    flat = _subst_poly_atoms(p, names)
+    Q = _shift(flat, bounds, work)
+    const = dict(Q).get((), 0)
+    rest = tuple(t for t in Q if t[0] != ())
+    if not rest or _nonneg_orthant(rest, work):
+        return const
+    return None
+
+
+def _subst_poly_atoms(p: tuple, names: Mapping[tuple, tuple]) -> tuple:
+    total: tuple = _ZERO
+    for m, c in p:
+        term = _const(c)
+        for a, e in m:
+            term = _mul(term, _pow(names[a], e))
+        total = _add(total, term)
+    return total
+
+
+def _relax_floors(p: tuple) -> Optional[tuple]:
+    """A polynomial R and ``k >= 1`` with ``k * p >= R`` everywhere, with every floor
+    ``F = floor(q/d)`` that ``p`` holds alone (``c * F``) replaced by its bound
+    (``F >= (q - d + 1)/d`` when c > 0, ``F <= q/d`` when c < 0) -- None if ``p``
+    has no such floor."""
+    lone = [(m, c) for m, c in p if len(m) == 1 and m[0][1] == 1 and m[0][0][0] == "f"
+            and m[0][0][2][0] == "c" and all(m[0][0] not in dict(m2) for m2, _ in p if m2 != m)]
+    if not lone:
+        return None
+    k = math.lcm(*(m[0][0][2][1] for m, _ in lone))
+    out: tuple = _scale(tuple(t for t in p if t not in lone), k)
+    for m, c in lone:
+        a = m[0][0]
+        d = a[2][1]
+        num = a[1] if c < 0 else _add(a[1], _const(-(d - 1)))
+        out = _add(out, _scale(num, c * (k // d)))
+    return out
+
+
+def _ge_by_bounds(p: tuple, lower: Mapping[str, int], work: _Work) -> bool:
+    """A proof that ``p >= 0`` that does not depend on divisor sizes (False = not shown)."""
+    for _ in range(4):
+        lb = _lower_bound(p, lower, work)
+        if lb is not None and lb >= 0:
+            return True
+        r = _relax_floors(p)
+        if r is None:
+            return False
+        p = r
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Counterexamples by sampling
+# ---------------------------------------------------------------------------
+
+
+def _complete(point: Mapping[str, int], symbols: Iterable[str], domain: Domain) -> dict:
     """Give every symbol of interest a value in the domain."""
     out = {}
     for s in sorted(set(symbols) | set(point)):
@@ -780,228 +1078,201 @@ def _sample_points(symbols: Sequence[str], domain: Domain, seed: int = 0):
     if n == 0:
         yield {}
         return
-    k = max(2, min(24, int(2000 ** (1.0 / n))))
+    k = max(2, min(24, int(1000 ** (1.0 / n))))
     for pt in itertools.product(range(k), repeat=n):
         yield {s: domain.start(s) + domain.step(s) * i for s, i in zip(syms, pt)}
     rng = random.Random(seed)
     for scale in (8, 64, 1024, 1 << 16):
-        for _ in range(150):
+        for _ in range(100):
             yield {s: domain.start(s) + domain.step(s) * rng.randrange(scale) for s in syms}
 
 
-def _search(pred_fails: Callable[[dict], bool], symbols: Iterable[str], domain: Domain) -> Optional[dict]:
+def _search(fails: Callable[[dict], bool], symbols: Iterable[str], domain: Domain,
+            cost: int, work: _Work) -> Optional[dict]:
     for pt in _sample_points(sorted(set(symbols)), domain):
+        work.spend(cost)
         try:
-            if pred_fails(pt):
+            if fails(pt):
                 return pt
         except (ValueError, ZeroDivisionError):
             continue
     return None
 
 
-def _prepare(a: Dim, b: Dim, domain: Domain):
+# ---------------------------------------------------------------------------
+# The questions
+# ---------------------------------------------------------------------------
+
+
+def _fails_at(rel: Callable[[int, int], bool], a: Dim, b: Dim, point: Mapping[str, int]) -> bool:
+    try:
+        return not rel(evaluate(a, point), evaluate(b, point))
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def _decide(a: Dim, b: Dim, domain: Domain, rel: Callable[[int, int], bool],
+            by_classes: Callable, by_bounds: Callable) -> Verdict:
+    """The common frame of the questions: every ``disproved`` carries a point of
+    the domain at which ``rel(a, b)`` was evaluated and found false; every
+    ``unknown`` a reason."""
     a, b = as_dim(a), as_dim(b)
-    orig_syms = free_symbols(a) | free_symbols(b)
-    if domain.fixed:
-        fx = {s: v for s, v in domain.fixed.items()}
-        a2, b2 = substitute(a, fx), substitute(b, fx)
-    else:
-        a2, b2 = a, b
-    return a, b, a2, b2, orig_syms
+    if a == b:
+        return _PROVED
+    if not domain.fixed_ok():
+        return Verdict("unknown", reason="the domain is empty")
+    orig = free_symbols(a) | free_symbols(b)
+    fx = dict(domain.fixed)
+    diff = as_dim(substitute(a, fx) - substitute(b, fx)) if fx else as_dim(a - b)
+
+    def witness(pt: Mapping[str, int]) -> Optional[dict]:
+        full = _complete(pt, orig, domain)
+        return full if domain.contains(full) and _fails_at(rel, a, b, full) else None
+
+    if not isinstance(diff, Expr):
+        if rel(diff, 0):
+            return _PROVED
+        w = witness({})
+        return Verdict("disproved", w) if w is not None else Verdict("unknown", reason="no point found")
+    reduced = _reduce(diff._p, domain)
+    work = _Work(MAX_PROOF_WORK.value())
+    reason = "no proof found, and no counterexample at the points tried"
+    try:
+        if by_bounds(reduced, work):
+            return _PROVED
+        try:
+            undecided = False
+            for mods, res, starts, P in _classes(reduced, work):
+                r = by_classes(P, starts, work)
+                if r is True:
+                    continue
+                if isinstance(r, dict):
+                    w = witness(reduced.back(_back(mods, res, r)))
+                    if w is not None:
+                        return Verdict("disproved", w)
+                undecided = True
+            if not undecided:
+                return _PROVED
+        except _Unsplittable as e:
+            reason = f"could not split into residue classes: {e}"
+    except _OutOfWork:
+        reason = MAX_PROOF_WORK.reached("the proof needs more steps")
+    # Whatever stopped the proof, a counterexample is still worth a bounded look.
+    cost = _eval_cost(a._p if isinstance(a, Expr) else ()) + _eval_cost(b._p if isinstance(b, Expr) else ()) + 1
+    try:
+        pt = _search(lambda e: witness(e) is not None, orig, domain, cost, _Work(MAX_PROOF_WORK.value() // 4 + 1))
+    except _OutOfWork:
+        pt = None
+    if pt is not None:
+        return Verdict("disproved", witness(pt))
+    return Verdict("unknown", reason=reason)
+
+
+def _eq_class(P: tuple, starts: dict, work: _Work) -> Union[bool, dict, None]:
+    if not P:
+        return True
+    if any(_has_floor_mono(m) for m, _ in P):
+        return None
+    return _find_nonzero(P, starts, work)
+
+
+def _ge_class(P: tuple, starts: dict, work: _Work) -> Union[bool, dict, None]:
+    if any(_has_floor_mono(m) for m, _ in P):
+        return None
+    return _nonneg_class(P, starts, work)
 
 
 def prove_equal(a: Dim, b: Dim, domain: Domain = Domain()) -> Verdict:
-    """Is ``a == b`` at every point of ``domain``?"""
-    a, b, a2, b2, orig = _prepare(a, b, domain)
-    if a == b:
-        return _PROVED
-    if not domain.fixed_ok():
-        return _UNKNOWN  # empty domain
-    diff = as_dim(a2 - b2)
-    if not isinstance(diff, Expr):
-        if diff == 0:
-            return _PROVED
-        return Verdict("disproved", _complete({}, orig, domain))
-    classes = _class_polys(diff, domain)
-    if classes is not None:
-        all_zero = True
-        for mods, res, starts, P in classes:
-            if not P:
-                continue
-            if not _is_const(P) and any(_has_floor_mono(m) for m, _ in P):
-                all_zero = False  # should not happen
-                continue
-            pt = _find_nonzero(P, starts)
-            if pt is not None:
-                return Verdict("disproved", _complete(_back(mods, res, pt), orig, domain))
-            all_zero = False
-        if all_zero:
-            return _PROVED
-    pt = _search(lambda e: _eval_poly(diff._p, e) != 0, free_symbols(diff), domain)
-    if pt is not None:
-        return Verdict("disproved", _complete(pt, orig, domain))
-    return _UNKNOWN
+    """Is ``a == b`` at every point of ``domain``?
 
-
-def _nonneg_orthant(Q: tuple, budget: list) -> bool:
-    """Certain proof that the floor-free Q >= 0 for all integer t >= 0 (False = not shown).
-
-    If ``Q(t + c)`` has only non-negative coefficients, Q >= 0 wherever every
-    ``t_i >= c``; the rest of the orthant is covered by fixing one ``t_i`` to
-    each value below ``c`` and recursing on the remaining variables.
-    """
-    budget[0] -= 1
-    if budget[0] < 0:
-        return False
-    if all(c >= 0 for _, c in Q):
-        return True
-    syms = sorted(_poly_degrees(Q))
-    if not syms:
-        return _const_val(Q) >= 0
-    for c in (1, 2, 4, 8, 16, 32):
-        shifted = _subst_poly(Q, {s: _add(_atom_poly(("s", s)), _const(c)) for s in syms})
-        if all(k >= 0 for _, k in shifted):
-            for s in syms:
-                for v in range(c):
-                    if not _nonneg_orthant(_subst_poly(Q, {s: _const(v)}), budget):
-                        return False
-            return True
-    return False
-
-
-def _nonneg_class(P: tuple, starts: dict) -> Optional[Union[bool, dict]]:
-    """True if P >= 0 for all s' >= starts; a point (dict) where P < 0; or None."""
-    syms = sorted(_poly_degrees(P))
-    shift = {s: _add(_atom_poly(("s", s)), _const(starts[s])) for s in syms}
-    Q = _subst_poly(P, shift)  # in t = s' - start >= 0
-    if all(c >= 0 for _, c in Q):
-        return True
-    if _nonneg_orthant(Q, [400]):
-        return True
-    if dict(Q).get((), 0) < 0:
-        return {s: starts[s] for s in starts}
-    n = len(syms)
-    k = max(2, min(16, int(4000 ** (1.0 / max(n, 1)))))
-    for pt in itertools.product(range(k), repeat=n):
-        env = dict(zip(syms, pt))
-        if _eval_poly(Q, env) < 0:
-            return {**starts, **{s: starts[s] + env[s] for s in syms}}
-    rng = random.Random(2)
-    for scale in (64, 4096, 1 << 20):
-        for _ in range(200):
-            env = {s: rng.randrange(scale) for s in syms}
-            if _eval_poly(Q, env) < 0:
-                return {**starts, **{s: starts[s] + env[s] for s in syms}}
-    return None
+    Exact by residue classes when the divisors' classes fit the divisor-size
+    limit; otherwise ``proved`` needs both ``a >= b`` and ``b >= a`` from bounds,
+    and ``disproved`` a point found by sampling.  Within the proof-work limit."""
+    def bounds(r: _Reduced, work: _Work) -> bool:
+        neg = _scale(r.poly, -1)
+        return _ge_by_bounds(r.poly, r.lower, work) and _ge_by_bounds(neg, r.lower, work)
+    return _decide(a, b, domain, operator.eq, _eq_class, bounds)
 
 
 def prove_ge(a: Dim, b: Dim, domain: Domain = Domain()) -> Verdict:
-    """Is ``a >= b`` at every point of ``domain``?"""
-    a, b, a2, b2, orig = _prepare(a, b, domain)
-    if a == b:
-        return _PROVED
-    if not domain.fixed_ok():
-        return _UNKNOWN
-    diff = as_dim(a2 - b2)
-    if not isinstance(diff, Expr):
-        if diff >= 0:
-            return _PROVED
-        return Verdict("disproved", _complete({}, orig, domain))
-    classes = _class_polys(diff, domain)
-    if classes is not None:
-        all_ok = True
-        for mods, res, starts, P in classes:
-            if any(_has_floor_mono(m) for m, _ in P):
-                all_ok = False
-                continue
-            r = _nonneg_class(P, starts)
-            if r is True:
-                continue
-            if isinstance(r, dict):
-                return Verdict("disproved", _complete(_back(mods, res, r), orig, domain))
-            all_ok = False
-        if all_ok:
-            return _PROVED
-    pt = _search(lambda e: _eval_poly(diff._p, e) < 0, free_symbols(diff), domain)
-    if pt is not None:
-        return Verdict("disproved", _complete(pt, orig, domain))
-    return _UNKNOWN
+    """Is ``a >= b`` at every point of ``domain``?  (See :func:`prove_equal`.)"""
+    return _decide(a, b, domain, operator.ge, _ge_class, lambda r, work: _ge_by_bounds(r.poly, r.lower, work))
 
 
 # ---------------------------------------------------------------------------
 # Minimal valid sizes
 # ---------------------------------------------------------------------------
 
-_CAP = 1 << 24
-
 
 def minimal_values(conds: Sequence[Dim], domain: Domain = Domain(),
                    symbols: Iterable[str] = ()) -> Optional[dict]:
     """Smallest value of each symbol such that every cond evaluates ``>= 1``.
 
-    Each cond must be non-decreasing in every symbol.  Monotone fixpoint: per
-    symbol an exponential then binary search, others held fixed, until stable.
-    Returns None if impossible (constant cond < 1, a fixed value violating a
-    cond, or no value up to 2**24).
+    The conds together must hold on an up-set (raising a symbol never breaks a
+    point that was valid), as the output sizes of a network's layers do.  Then
+    the smallest value of ``s`` at any valid point is the smallest with every
+    other symbol as large as can be, so each symbol is searched on its own with
+    the others at :data:`SIZE_LIMIT` -- never held at their own minimum, where a
+    product of sizes can be 0 whatever ``s`` is.  When those minima together are
+    valid (the valid sizes are then exactly ``s >= minimum`` for every ``s``),
+    they are the answer; otherwise the least valid point above them found by
+    raising symbols.  None if nothing up to :data:`SIZE_LIMIT` is valid (or a
+    constant cond is below 1, or a fixed value breaks a cond).
     """
-    conds = [as_dim(c) for c in conds]
-    for c in conds:
-        if not isinstance(c, Expr) and c < 1:
-            return None
-    conds = [c for c in conds if isinstance(c, Expr)]
+    exprs = [as_dim(c) for c in conds]
+    if any(not isinstance(c, Expr) and c < 1 for c in exprs):
+        return None
+    live = [c for c in exprs if isinstance(c, Expr)]
     syms = set(symbols)
-    for c in conds:
+    for c in live:
         syms |= free_symbols(c)
     if not domain.contains({s: v for s, v in domain.fixed.items() if s in syms}):
         return None
-    cur = {s: (domain.fixed[s] if s in domain.fixed else domain.start(s)) for s in syms}
-    by_sym = {s: [c for c in conds if s in free_symbols(c)] for s in syms}
 
-    def ok(c, env) -> bool:
+    def ok(env: Mapping[str, int]) -> bool:
         try:
-            return evaluate(c, env) >= 1
+            return all(evaluate(c, env) >= 1 for c in live)
         except (ValueError, ZeroDivisionError):
             return False
 
-    def all_ok(cs, env) -> bool:
-        return all(ok(c, env) for c in cs)
+    base = {s: (domain.fixed[s] if s in domain.fixed else domain.start(s)) for s in syms}
+    free = sorted(s for s in syms if s not in domain.fixed)
+    top_k = {s: max(0, (SIZE_LIMIT - base[s]) // domain.step(s)) for s in free}
 
-    for _ in range(1000):
-        if all_ok(conds, cur):
-            return cur
-        changed = False
-        for s in sorted(syms):
-            if s in domain.fixed:
-                continue
-            cs = [c for c in by_sym[s] if not ok(c, cur)]
-            if not cs:
-                continue
-            cs = by_sym[s]
-            base, m = cur[s], domain.step(s)
+    def at(env: Mapping[str, int], s: str, k: int) -> dict:
+        return {**env, s: base[s] + domain.step(s) * k}
 
-            def good(k: int) -> bool:
-                return all_ok(cs, {**cur, s: base + m * k})
+    top = dict(base)
+    for s in free:
+        top = at(top, s, top_k[s])
+    if not ok(top):
+        return None
 
-            hi = 1
-            while not good(hi):
-                if base + m * hi > _CAP:
-                    hi = None
-                    break
-                hi *= 2
-            if hi is None:
-                continue
-            lo = hi // 2  # good(lo) is False (lo == 0 was checked failing)
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if good(mid):
-                    hi = mid
-                else:
-                    lo = mid
-            cur[s] = base + m * hi
-            changed = True
-        if not changed:
-            return None
-    return None
+    def least(good: Callable[[int], bool], hi: int) -> int:
+        """The least k in [0, hi] with good(k), given good(hi) and good monotone."""
+        if good(0):
+            return 0
+        k = 1
+        while k < hi and not good(k):
+            k *= 2
+        lo, k = k // 2, min(k, hi)
+        while k - lo > 1:
+            mid = (lo + k) // 2
+            if good(mid):
+                k = mid
+            else:
+                lo = mid
+        return k
+
+    mins = dict(base)
+    for s in free:
+        mins[s] = at(top, s, least(lambda k: ok(at(top, s, k)), top_k[s]))[s]
+    if ok(mins):
+        return mins
+    # Not a box: raise every symbol from its minimum by the same number of steps.
+    j = least(lambda k: ok({**mins, **{s: mins[s] + domain.step(s) * k for s in free}}),
+              min((SIZE_LIMIT - mins[s]) // domain.step(s) for s in free))
+    return {**mins, **{s: mins[s] + domain.step(s) * j for s in free}}
 
 
 def residues_where(pred: Callable[..., bool], symbol: str, *exprs: Dim,
@@ -1014,7 +1285,8 @@ def residues_where(pred: Callable[..., bool], symbol: str, *exprs: Dim,
     smallest value of ``symbol`` in the domain congruent to ``r``, other
     symbols at their smallest domain values.  Exact when the predicate is
     periodic in ``symbol`` with that modulus (e.g. ``(H - k) % s != 0``).
-    None if an expression has a symbolic divisor.
+    None if an expression has a symbolic divisor, or if the classes are more
+    than the divisor-size limit (:data:`MAX_PROOF_PERIOD`).
     """
     L = domain.step(symbol)
     others: set = set()
@@ -1031,6 +1303,8 @@ def residues_where(pred: Callable[..., bool], symbol: str, *exprs: Dim,
         v = domain.fixed[symbol]
         vals = [evaluate(e, {**env, symbol: v}) for e in exprs]
         return (L, [v % L] if pred(*vals) else [])
+    if L // step > MAX_PROOF_PERIOD.value():
+        return None
     start = domain.start(symbol)
     out = []
     for r in range(0, L, step):
