@@ -43,7 +43,7 @@ from ..core.symbolic import Dim
 from . import ast
 from .arguments import Value, bind_op_args, op_text, read
 from .blocks import block_args, match_signature
-from .constraints import domain_of, domain_so_far, valid_for
+from .constraints import DomainSoFar, domain_of, valid_for
 from .context import Abort, GenericUnsupported, Reporter, Scope, fmt_shape
 from .expand import BUILTIN_OPS, LayerCount, TooDeep, block_uses, check_block_params, check_ops_exist, expand, find_cycles, \
     name_layers, report_unknown_op
@@ -94,6 +94,7 @@ class Checker:
         self.used_blocks: set[str] = set()
         self.used_by_blocks: set[str] = set()  # blocks some block's body uses
         self.expanded = 0  # layers the walks so far expand to (models and block signatures)
+        self.so_far = DomainSoFar()  # the domain narrowed to non-empty layers, kept as pipelines grow
         self.inferred: dict[tuple[object, ...], tuple[Op, tuple[Dim, ...]]] = {}  # an op rule's answers
 
     # ------------------------------------------------------------ top level
@@ -189,7 +190,7 @@ class Checker:
             except Abort:
                 declared = None
             if declared is not None:
-                compare(rep, declared, out, m.output_shape.span, None, domain_so_far(layers, domain),
+                compare(rep, declared, out, m.output_shape.span, None, self.so_far(layers, domain),
                         f"model '{m.name}' produces {fmt_shape(out)}, but its signature declares "
                         f"{fmt_shape(declared)}",
                         (Note(f"the last layer is {layers[-1].name}", layers[-1].span),) if layers else ())
@@ -274,7 +275,7 @@ class Checker:
                 declared = rep.declared(ly.declared, names, scope)
             except Abort:
                 return out  # (reported: checking goes on from the computed shape)
-            if compare(rep, declared, out, ly.declared.span, scope, domain_so_far(layers, domain),
+            if compare(rep, declared, out, ly.declared.span, scope, self.so_far(layers, domain),
                        f"{full} produces {fmt_shape(out)}, but the line declares {fmt_shape(declared)}",
                        explain(layers[-1] if layers and layers[-1].name == full else None, declared)):
                 # Proved equal on the whole domain: the author's form reads better downstream.
@@ -333,7 +334,7 @@ class Checker:
                 declared = rep.declared(sig_out, {**symbols, **values}, inner)
             except Abort:
                 return out
-            if not compare(rep, declared, out, sig_out.span, inner, domain_so_far(layers, domain),
+            if not compare(rep, declared, out, sig_out.span, inner, self.so_far(layers, domain),
                            f"block '{block.name}' produces {fmt_shape(out)} here, but its signature "
                            f"declares {fmt_shape(declared)}", ()):
                 raise Abort
@@ -377,7 +378,7 @@ class Checker:
         if out is None or self.generic_body_diags[block.name]:
             return
         self.generic_done.add(block.name)
-        compare(rep, out_decl, out, sig_out.span, None, domain_so_far(layers, sy.Domain()),
+        compare(rep, out_decl, out, sig_out.span, None, self.so_far(layers, sy.Domain()),
                 f"block '{block.name}' produces {fmt_shape(out)}, but its signature declares "
                 f"{fmt_shape(out_decl)}", ())
 

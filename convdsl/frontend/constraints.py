@@ -142,17 +142,57 @@ def empty_where_fixed(shape: tuple[Dim, ...], domain: sy.Domain) -> tuple[int, d
     return None
 
 
-def domain_so_far(layers: list[Layer], domain: sy.Domain) -> sy.Domain:
-    """The domain narrowed to sizes where every layer so far is non-empty.
+def _conds(layers: list[Layer]) -> list[Dim]:
+    return [d for ly in layers for d in ly.out_shape if is_sym(d) and sy.free_symbols(d) - {"N"}]
 
-    Counterexamples are drawn from it, so that none is an input the model rejects anyway."""
-    conds = [d for ly in layers for d in ly.out_shape if is_sym(d) and sy.free_symbols(d) - {"N"}]
-    if not conds:
-        return domain
-    need = sy.minimal_values(conds, domain)
+
+def _minimal(conds: list[Dim], domain: sy.Domain) -> dict[str, int] | None:
+    return sy.minimal_values(conds, domain) if conds else None
+
+
+def _narrow(domain: sy.Domain, need: dict[str, int] | None) -> sy.Domain:
     if not need:
         return domain
     lower = dict(domain.lower)
     for k, v in need.items():
         lower[k] = max(lower.get(k, 1), v)
     return sy.Domain(lower=lower, multiple_of=domain.multiple_of, fixed=domain.fixed)
+
+
+class DomainSoFar:
+    """The domain narrowed to sizes where every layer so far is non-empty, for a pipeline that
+    grows a layer at a time.  Counterexamples are drawn from it, so that none is an input the
+    model rejects anyway.
+
+    Asked at every declared shape, the search over all layers so far made a long declared
+    pipeline quadratic (4,999 declared layers: minutes).  The smallest sizes are the least
+    fixpoint of non-decreasing conditions (``symbolic.minimal_values``), so while the sizes found
+    for the earlier layers keep the new layers non-empty too, they are still the smallest: only
+    the new layers' sizes are evaluated there."""
+
+    def __init__(self) -> None:
+        # id of the layers list -> (the list, how many layers were seen, the domain, the sizes found)
+        self.memo: dict[int, tuple[list[Layer], int, sy.Domain, dict[str, int] | None]] = {}
+
+    def __call__(self, layers: list[Layer], domain: sy.Domain) -> sy.Domain:
+        known = self.memo.get(id(layers))
+        if known is not None and known[0] is layers and known[2] is domain and known[1] <= len(layers) \
+                and known[3] and self._still_least(known[3], _conds(layers[known[1]:]), domain):
+            need: dict[str, int] | None = known[3]
+        else:
+            need = _minimal(_conds(layers), domain)
+        self.memo[id(layers)] = (layers, len(layers), domain, need)
+        return _narrow(domain, need)
+
+    @staticmethod
+    def _still_least(need: dict[str, int], new: list[Dim], domain: sy.Domain) -> bool:
+        env = {**need, **domain.fixed, "N": 1}
+        for d in new:
+            if not sy.free_symbols(d) - {"N"} <= need.keys():
+                return False
+            try:
+                if sy.evaluate(d, env) < 1:
+                    return False
+            except (ValueError, ZeroDivisionError):
+                return False
+        return True

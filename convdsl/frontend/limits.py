@@ -49,10 +49,11 @@ class Cap:
 
 
 # A file expands to at most this many layers (repeats and block uses multiplied out, over every
-# model and every block signature checked).  Checking costs up to ~0.2 ms a layer.
-MAX_LAYERS = Cap("layers", "CONVDSL_MAX_LAYERS", 5_000)
+# model and every block signature checked).  Checking costs up to ~0.4 ms a layer.
+MAX_LAYERS = Cap("layers", "CONVDSL_MAX_LAYERS", 2_000)
 # Block uses nest at most this deep (the checker's walk recurses once per level).
 MAX_BLOCK_DEPTH = Cap("block-depth", "CONVDSL_MAX_BLOCK_DEPTH", 100)
 # A file holds at most this many tokens (names, numbers and symbols): parsing costs ~20 us a token.
-MAX_TOKENS = Cap("tokens", "CONVDSL_MAX_TOKENS", 50_000)
+# With the layers cap, a file at both caps checks in about 2 s.
+MAX_TOKENS = Cap("tokens", "CONVDSL_MAX_TOKENS", 20_000)
 CAPS = (MAX_LAYERS, MAX_BLOCK_DEPTH, MAX_TOKENS)
