@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from .backend.schedule import Schedule, host_features
+from .backend.schedule import Schedule, TargetError, host_features
 from .core import stages
 from .core.diagnostics import CompileError
-from .core.model import CheckedModel, format_model
+from .core.model import CheckedModel, format_model, valid_for_text
 from .frontend import Checked, check_file, check_source
 from .frontend import ast as syntax
 from .frontend.check import CheckResult
@@ -37,6 +37,7 @@ from .runtime.limits import check_model, threads_cap
 from .runtime.weights_io import save_weights
 
 if TYPE_CHECKING:  # (imported when compiling: it loads LLVM)
+    from .backend.jit import Target
     from .runtime.compiled import CompiledModel, PackedWeights
 
 
@@ -168,6 +169,24 @@ def host_cpu() -> HostCPU:
 
     feats = host_features()  # (initialises LLVM's native target, which the CPU name needs too)
     return HostCPU(llvm.get_host_cpu_name(), frozenset(k for k, on in feats.items() if on))
+
+
+def cpu_names() -> tuple[str, ...]:
+    """The CPU names ``cpu=`` (``--cpu``) takes: LLVM's processors for this target, as
+    ``llc -mcpu=help`` lists them."""
+    from .backend.jit import cpu_names as names
+
+    return names()
+
+
+def target(cpu: str | None = None) -> "Target":
+    """The machine code is compiled for: this host (``cpu=None``: its name and detected features),
+    else the LLVM CPU ``cpu`` with its own features.  Its ``vector_width`` is the width the
+    schedule takes (16 floats with AVX-512, 8 with AVX, 4 otherwise).  An unknown name, or one
+    that cannot run 64-bit code, raises :class:`TargetError` saying where the valid names are."""
+    from .backend.jit import cpu_target, host_target
+
+    return host_target() if cpu is None else cpu_target(cpu)
 
 
 def _program(checked: Checked) -> Program:
@@ -414,7 +433,8 @@ def compile(program: Program | str | os.PathLike,
 
 
 def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None = None,
-         sizes: Mapping[str, int] | None = None, schedule: Schedule | None = None, cache: bool = True) -> str | bytes:
+         sizes: Mapping[str, int] | None = None, schedule: Schedule | None = None, cache: bool = True,
+         cpu: str | None = None) -> str | bytes:
     """One stage of the pipeline, as ``convdsl compile --emit STAGE`` writes it.
 
     ``stage`` is one of ``convdsl.core.stages.STAGES``, in pipeline order: ``ast`` (the syntax
@@ -425,6 +445,11 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
     host, bytes).  ``model`` picks the model (default: the only or last one); ``sizes`` binds
     symbolic sizes for the stages from ``loops`` on (default: the smallest valid); ``ast`` and
     ``model`` are printed symbolic.  No weights are needed.
+
+    ``cpu``: an LLVM CPU name (``x86-64-v3``, ``znver3``, ``skylake-avx512``; :func:`cpu_names`
+    lists them) to make ``plan``, ``loops``, ``llvm``, ``asm`` and ``obj`` for that CPU instead
+    of this one: its features, and a schedule of its vector width (:func:`target`); the object is
+    position-independent and never cached.  An unknown name raises :class:`TargetError`.
     """
     if stage not in stages.STAGES:
         raise ValueError(f"unknown stage {stage!r} (the stages: {', '.join(stages.STAGES)})")
@@ -435,10 +460,20 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
     m = program.model(model)
     if stage == "model":
         return format_model(m)
+    tgt = target(cpu) if cpu is not None else None
+    if tgt is not None:
+        schedule = schedule or Schedule.for_width(tgt.vector_width)
     if stage == "plan":
         from .backend.plan import format_plan, plan
 
         return format_plan(plan(m.bind(resolve_sizes(m, sizes)), schedule or Schedule.for_host()))
+    if tgt is not None and stage in ("llvm", "asm", "obj"):
+        from .backend.driver import build_object
+
+        concrete = m.bind(resolve_sizes(m, sizes))
+        check_model(concrete)
+        native = build_object(concrete, schedule or Schedule.for_width(tgt.vector_width), tgt).native
+        return {"llvm": lambda: native.llvm_ir, "asm": lambda: native.asm, "obj": native.object_code}[stage]()
     compiled, _ = compile_code(program, m, sizes, schedule=schedule, cache=cache)
     if stage == "obj":
         return compiled.object_code()
@@ -480,3 +515,135 @@ def format_timings(timings: tuple[tuple[str, float], ...]) -> str:
     from .backend.driver import format_timings as fmt
 
     return fmt(timings)
+
+
+# ----------------------------------------------------------------------------- the C library
+
+
+class LibraryError(BoundaryError):
+    """A C library that cannot be made as asked: symbolic sizes left open, no C compiler, a link or
+    a write that failed.  Nothing of the library is written then."""
+
+
+@dataclass(frozen=True)
+class Library:
+    """What :func:`compile_library` wrote, and the facts of its header."""
+
+    shared: str  # OUT.so
+    object: str  # OUT.o (the same code, for static linking)
+    header: str  # OUT.h
+    model: str  # the model's name; the C names are its lower case (``lenet_run``) and upper case
+    run: str  # ``p_run``'s name
+    workspace_size_fn: str  # ``p_workspace_size``'s name
+    exported: tuple[str, ...]  # every symbol the library defines for its users
+    input_shape: tuple[int, ...]  # per image
+    output_shape: tuple[int, ...]  # per image
+    workspace_size: int  # bytes, for every batch of at least one image
+    batch_tile: int  # images per pass through the network
+    sizes: Mapping[str, int]  # the symbols fixed
+    cpu: str  # the LLVM CPU the code is for
+    vector_width: int
+    weights_description: str
+
+
+def library_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None) -> dict[str, int]:
+    """The sizes a C library of ``model`` is compiled for: every symbol but ``N`` must be given in
+    ``sizes`` or fixed by the model's ``where`` clause (a library takes one image size: its header
+    defines it), and is checked as :func:`resolve_sizes` checks it; else :class:`LibraryError`."""
+    from .core import symbolic as sy
+
+    given = dict(sizes or {})
+    open_syms = sorted({str(x) for d in model.input_shape[1:] for x in sy.free_symbols(d)} - set(given)
+                       - set(model.fixed) - {"N"})
+    if open_syms:
+        example = ",".join(f"{k}={model.valid_for.get(k, 1)}" for k in open_syms)
+        raise LibraryError(f"model {model.name} has symbolic input sizes {', '.join(open_syms)}: a C library is "
+                           f"compiled for one image size, so give {'them' if len(open_syms) > 1 else 'it'} "
+                           f"(--size {example}, or sizes={{...}}; {valid_for_text(model)})")
+    return check_limits(model, given)
+
+
+def library_paths(out: str | os.PathLike) -> tuple[str, str, str]:
+    """``OUT.so``, ``OUT.o``, ``OUT.h`` for ``out`` (an ``out`` ending in one of those extensions
+    names the same three files)."""
+    stem = os.fspath(out)
+    for ext in (".so", ".o", ".h"):
+        if stem.endswith(ext) and len(stem) > len(ext):
+            stem = stem[:-len(ext)]
+            break
+    return stem + ".so", stem + ".o", stem + ".h"
+
+
+def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike,
+                    weights: Mapping[str, np.ndarray] | str | os.PathLike | Beside | None = BESIDE,
+                    *, model: str | None = None, sizes: Mapping[str, int] | None = None, cpu: str | None = None,
+                    seed: int = 0) -> Library:
+    """Compile ``model`` with its weights into a C library that runs without Python: ``OUT.so`` (a
+    shared library, linked with the system C compiler), ``OUT.o`` (the same code, for static
+    linking) and ``OUT.h`` (``docs/interop.md``, "The C library").
+
+    ``weights`` as for :func:`compile`, by default :data:`BESIDE` (what ``convdsl run`` uses):
+    packed into the library at compile time.  ``sizes`` must fix every symbolic size but ``N``
+    (:func:`library_sizes`).  ``cpu``: an LLVM CPU name (``x86-64-v3``, ``skylake-avx512``, ...)
+    to compile for instead of this host (:func:`target`): its features and its vector width.
+
+    The code is the JIT's (the same plan, kernels and forward entry), with two entry points added:
+    ``p_workspace_size`` and ``p_run`` (``p`` the model's name in lower case).  The three files
+    are written beside their names and renamed into place at the end: on any error
+    (:class:`LibraryError`, :class:`TargetError`, a :class:`BoundaryError` for weights that do not
+    fit) none of them is written or changed.
+    """
+    import shutil
+    import tempfile
+
+    from .backend import clib
+    from .backend.driver import build_object
+
+    net = network(program, weights, model=model, seed=seed)
+    m = net.model
+    env = library_sizes(m, sizes)
+    tgt = target(cpu)
+    schedule = Schedule.for_host() if cpu is None else Schedule.for_width(tgt.vector_width)
+    arrays = net.weights(env)  # (checked against the model here, before anything is compiled)
+    names = clib.Names(m.name)
+    so, obj, hdr = library_paths(out)
+    folder = os.path.dirname(os.path.abspath(so))
+    if not os.path.isdir(folder):
+        raise LibraryError(f"cannot write {so}: no directory {folder}")
+    try:
+        clib.c_compiler()  # (before the compile, which would be thrown away without one)
+    except clib.LinkError as e:
+        raise LibraryError(str(e)) from None
+    concrete = m.bind(env)
+    check_model(concrete)
+
+    def extend(module, lowered) -> None:
+        clib.add_entries(module, lowered, lowered.packing.pack(arrays), names)
+
+    built = build_object(concrete, schedule, tgt, extend)
+    lowered = built.lowered
+    fixed = ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
+    about = (f"Model {m.name} of {os.path.basename(net.program.file)}{f' ({fixed})' if fixed else ''}, "
+             f"for CPU {tgt.cpu} ({tgt.vector_width}-lane vectors); weights: {net.weights_description}.")
+    try:
+        tmp = tempfile.mkdtemp(dir=folder, prefix=".convdsl-lib-")
+    except OSError as e:
+        raise LibraryError(f"cannot write in {folder}: {e.strerror}") from None
+    try:
+        t_obj, t_so, t_hdr = (os.path.join(tmp, "lib" + ext) for ext in (".o", ".so", ".h"))
+        with open(t_obj, "wb") as f:
+            f.write(built.native.object_code())
+        with open(t_hdr, "w") as f:
+            f.write(clib.header(names, lowered, about))
+        clib.link_shared(t_obj, t_so)
+        for src, dst in ((t_obj, obj), (t_hdr, hdr), (t_so, so)):
+            os.replace(src, dst)
+    except clib.LinkError as e:
+        raise LibraryError(str(e)) from None
+    except OSError as e:
+        raise LibraryError(f"cannot write {e.filename or so}: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Library(so, obj, hdr, m.name, names.run, names.workspace_size, names.exported, lowered.input_shape,
+                   lowered.output_shape, clib.workspace_bytes(lowered), lowered.batch_tile, env, tgt.cpu,
+                   tgt.vector_width, net.weights_description)

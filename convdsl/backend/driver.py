@@ -1,7 +1,10 @@
 """The back-end pipeline, written once: plan -> lower -> codegen -> LLVM, through the cache.
 
 ``build(cm, schedule)`` is what the API, the runtime and the cache all go
-through.  Planning and lowering always run (they are cheap, and give the plan,
+through; ``build_object(cm, schedule, target)`` is the same pipeline ending in
+an object file for a :class:`~.jit.Target` instead of the JIT (``--emit obj/asm
+--cpu``, and the C library, whose entry points it lets :mod:`.clib` add to the
+module before LLVM sees it).  Planning and lowering always run (they are cheap, and give the plan,
 the loop IR and the weight-packing plan); codegen and LLVM run only on a
 cache miss.
 
@@ -26,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from llvmlite import ir
+
 from ..core.model import ConcreteModel
 from . import cache
 from .codegen import codegen
-from .jit import JitModule
+from .jit import JitModule, NativeObject, Target
 from .loopir import format_program
 from .lower import Lowered, emit
 from .plan import format_plan, plan
@@ -57,19 +62,8 @@ def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None,
     is made for it, and may raise (the runtime refuses a scratch arena past its cap there)."""
     if check_bounds is None:
         check_bounds = os.environ.get("CONVDSL_CHECK_BOUNDS", "") not in ("", "0")
-    times: list[tuple[str, float]] = []
-    t = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        times.append((stage, now - t))
-        t = now
-
-    p = plan(cm, schedule)
-    lap("plan")
-    lowered = emit(p)
-    lap("lower + verify")
+    lap = _Laps()
+    lowered = _lowered(cm, schedule, lap)
     if admit is not None:
         admit(lowered)
     key = cache.cache_key(cm, schedule, source) if source is not None and not check_bounds else None
@@ -86,7 +80,54 @@ def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None,
             cache.store(key, jit)
             lap("cache store")
     _dump(cm, schedule, lowered, jit)
-    return Build(lowered, jit, hit, tuple(times))
+    return Build(lowered, jit, hit, tuple(lap.times))
+
+
+class _Laps:
+    """Stage times: each call records the time since the previous one under the stage's name."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[str, float]] = []
+        self._t = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.times.append((stage, now - self._t))
+        self._t = now
+
+
+def _lowered(cm: ConcreteModel, schedule: Schedule, lap: Callable[[str], None]) -> Lowered:
+    p = plan(cm, schedule)
+    lap("plan")
+    lowered = emit(p)
+    lap("lower + verify")
+    return lowered
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectBuild:
+    """:func:`build_object`'s product: the lowered program and its object code for a target."""
+
+    lowered: Lowered
+    native: NativeObject
+    timings: tuple[tuple[str, float], ...] = ()
+
+
+def build_object(cm: ConcreteModel, schedule: Schedule, target: Target,
+                 extend: Callable[[ir.Module, Lowered], None] | None = None) -> ObjectBuild:
+    """Compile ``cm`` under ``schedule`` to a position-independent object for ``target`` (never
+    cached, never loaded: it may be for another CPU than this one).  ``extend`` may add to the
+    module codegen made (the C library's entry points) before it is optimised."""
+    lap = _Laps()
+    lowered = _lowered(cm, schedule, lap)
+    module = codegen(lowered.program)
+    if extend is not None:
+        extend(module, lowered)
+    lap("codegen")
+    native = NativeObject(module, target)
+    lap("llvm (optimise, object code)")
+    _dump(cm, schedule, lowered, native)
+    return ObjectBuild(lowered, native, tuple(lap.times))
 
 
 def format_timings(timings: tuple[tuple[str, float], ...]) -> str:
@@ -95,7 +136,7 @@ def format_timings(timings: tuple[tuple[str, float], ...]) -> str:
     return "\n".join(["compile time by stage:", *rows, f"{total * 1e3:9.1f} ms  total"]) + "\n"
 
 
-def _dump(cm: ConcreteModel, schedule: Schedule, lowered: Lowered, jit: JitModule) -> None:
+def _dump(cm: ConcreteModel, schedule: Schedule, lowered: Lowered, jit: JitModule | NativeObject) -> None:
     wanted = {w.strip() for w in os.environ.get("CONVDSL_DUMP", "").split(",") if w.strip()}
     if not wanted:
         return

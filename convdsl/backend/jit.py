@@ -1,4 +1,4 @@
-"""The one place that talks to LLVM's optimiser and JIT.
+"""The one place that talks to LLVM's optimiser, its code generator and the JIT.
 
 ``JitModule(module)`` parses an ``llvmlite.ir.Module``, verifies it, optimises
 it with the new pass manager at O3 for the host target machine
@@ -6,6 +6,11 @@ it with the new pass manager at O3 for the host target machine
 once and loads that into MCJIT (so ``object_code()``, which the disk cache
 stores, costs nothing more).  The execution engine lives as long as the
 ``JitModule``; function addresses are valid only that long.
+
+``NativeObject(module, target)`` is the same optimisation for a :class:`Target`
+(the host, or a CPU named by :func:`cpu_target`), emitted as a position-independent
+relocatable object and never loaded: what ``--emit obj/asm --cpu`` and the C
+library (:mod:`.clib`) ship.
 
 The loop vectoriser and LLVM's loop unroller are off: ``codegen`` writes the
 vector code and the register-blocked, unrolled micro-kernels explicitly
@@ -18,10 +23,17 @@ merges the per-lane copies of pack / unpack and helps scalar schedules).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
+from dataclasses import dataclass
+from functools import lru_cache
 
 import llvmlite.binding as llvm
 from llvmlite import ir
+
+from .schedule import TargetError
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -44,25 +56,143 @@ def host_target_machine(opt: int = 3) -> llvm.TargetMachine:
                                         opt=opt, codemodel="jitdefault")
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The machine code is made for: an LLVM CPU name, its features and its SIMD width in floats."""
+
+    cpu: str  # LLVM's name: ``znver3``, ``x86-64-v3``, ``skylake-avx512``, ...
+    features: str  # LLVM's feature string; "" for the CPU's own (a named CPU)
+    vector_width: int  # floats per vector the CPU computes on: 16 (AVX-512), 8 (AVX), 4
+    host: bool = False  # this machine (its features as detected, not as the name implies)
+
+    def machine(self, opt: int = 3) -> llvm.TargetMachine:
+        """A target machine for position-independent objects (a shared library can hold them)."""
+        _init()
+        return llvm.Target.from_default_triple().create_target_machine(
+            cpu=self.cpu, features=self.features, opt=opt, reloc="pic", codemodel="default")
+
+
+def host_target() -> Target:
+    _init()
+    feats = llvm.get_host_cpu_features()
+    width = 16 if feats.get("avx512f") else 8 if (feats.get("avx2") or feats.get("avx") or feats.get("fma")) else 4
+    return Target(llvm.get_host_cpu_name(), feats.flatten(), width, host=True)
+
+
+# Run in a child process: LLVM aborts the whole process (``LLVM ERROR: 64-bit code requested on a
+# subtarget that doesn't support it``) on a CPU name it does not know or a 32-bit-only CPU, after
+# only a warning on stderr, so a name is tried where an abort costs nothing.  The child compiles a
+# 16-lane fused multiply-add for the CPU and reports the widest registers LLVM used for it: the
+# vector width the schedule should take, as the CPU itself sees it (not as the host does).
+_PROBE = r"""
+import json, sys
+import llvmlite.binding as llvm
+from llvmlite import ir
+llvm.initialize_native_target(); llvm.initialize_native_asmprinter()
+cpu = sys.argv[1]
+if cpu == "help":
+    tm = llvm.Target.from_default_triple().create_target_machine(cpu="help")
+    sys.exit(0)
+m = ir.Module("probe")
+v = ir.VectorType(ir.FloatType(), 16)
+fn = ir.Function(m, ir.FunctionType(v, [v, v, v]), name="probe")
+fma = ir.Function(m, ir.FunctionType(v, [v, v, v]), name="llvm.fma.v16f32")
+b = ir.IRBuilder(fn.append_basic_block("entry"))
+b.ret(b.call(fma, list(fn.args)))
+fn.attributes.add("nounwind")
+tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, opt=2, reloc="pic", codemodel="default")
+m.triple = tm.triple
+asm = tm.emit_assembly(llvm.parse_assembly(str(m)))
+width = 16 if "%zmm" in asm else 8 if "%ymm" in asm else 4
+print(json.dumps({"width": width, "triple": tm.triple}))
+"""
+
+
+def _run_probe(arg: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _PROBE, arg], capture_output=True, text=True, timeout=120)
+
+
+@lru_cache(maxsize=None)
+def cpu_names() -> tuple[str, ...]:
+    """The CPU names LLVM knows for this target (what ``llc -mcpu=help`` lists)."""
+    r = _run_probe("help")
+    names = []
+    listing = False
+    for line in (r.stdout + r.stderr).splitlines():
+        if line.startswith("Available CPUs"):
+            listing = True
+        elif line.startswith("Available features"):
+            break
+        elif listing and " - " in line:
+            names.append(line.split(" - ", 1)[0].strip())
+    return tuple(names)
+
+
+@lru_cache(maxsize=None)
+def cpu_target(name: str) -> Target:
+    """The :class:`Target` for the LLVM CPU ``name`` (its own features; the vector width LLVM
+    gives it); :class:`TargetError` for a name LLVM does not know here."""
+    triple = llvm.get_default_triple()
+    how = (f"the valid names are LLVM's processors for {triple}: `llc -mtriple={triple} -mcpu=help` lists "
+           "them, as does `convdsl.api.cpu_names()` (x86-64-v2, x86-64-v3, x86-64-v4, znver3, skylake-avx512, ...)")
+    if not name or name.strip() != name or name == "help" or name.startswith("-"):
+        raise TargetError(f"{name!r} is not a CPU name; {how}")
+    r = _run_probe(name)
+    if "not a recognized processor" in r.stderr:
+        raise TargetError(f"unknown CPU {name!r}: {how}")
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise TargetError(f"cannot compile for CPU {name!r} on {triple} ({last}); {how}")
+    return Target(name, "", int(json.loads(r.stdout)["width"]))
+
+
+def _optimised(module: ir.Module, tm: llvm.TargetMachine, opt_level: int) -> tuple[llvm.ModuleRef, object]:
+    """``module`` parsed, verified and optimised for ``tm`` (and the pass builder, which the module
+    must outlive)."""
+    module.triple = tm.triple
+    module.data_layout = str(tm.target_data)
+    mod = llvm.parse_assembly(str(module))
+    mod.verify()
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+    pto.loop_vectorization = False
+    pto.slp_vectorization = True
+    pto.loop_unrolling = False
+    pto.loop_interleaving = False
+    pb = llvm.create_pass_builder(tm, pto)
+    mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+    mod.verify()
+    return mod, pb
+
+
+class NativeObject:
+    """An optimised module compiled for ``target`` as a position-independent object (not loaded)."""
+
+    def __init__(self, module: ir.Module, target: Target, opt_level: int = 3) -> None:
+        self.target = target
+        self.target_machine = target.machine(opt_level)
+        self._module, self._pb = _optimised(module, self.target_machine, opt_level)
+        self._obj = self.target_machine.emit_object(self._module)
+
+    @property
+    def llvm_ir(self) -> str:
+        return str(self._module)
+
+    @property
+    def asm(self) -> str:
+        return self.target_machine.emit_assembly(self._module)
+
+    def object_code(self) -> bytes:
+        return self._obj
+
+
 class JitModule:
     """An optimised, JIT-compiled LLVM module for the host CPU."""
 
     def __init__(self, module: ir.Module, opt_level: int = 3) -> None:
         _init()
         self.target_machine = host_target_machine(opt_level)
-        module.triple = self.target_machine.triple
-        module.data_layout = str(self.target_machine.target_data)
-        mod = llvm.parse_assembly(str(module))
-        mod.verify()
-        pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-        pto.loop_vectorization = False
-        pto.slp_vectorization = True
-        pto.loop_unrolling = False
-        pto.loop_interleaving = False
-        pb = llvm.create_pass_builder(self.target_machine, pto)
-        mpm = pb.getModulePassManager()
-        mpm.run(mod, pb)
-        mod.verify()
+        mod, pb = _optimised(module, self.target_machine, opt_level)
         self._module = mod
         self._load(self.target_machine.emit_object(mod))
         self._pb = pb  # keep the pass builder (and its options) alive with the module

@@ -86,6 +86,11 @@ class Schedule:
         return 32 * self.vector_width
 
 
+class TargetError(ValueError):
+    """A CPU name LLVM does not know for this target, or one it cannot compile 64-bit code for
+    (raised by :func:`convdsl.backend.jit.cpu_target`; here, where it loads no LLVM)."""
+
+
 def host_features() -> dict[str, bool]:
     import llvmlite.binding as llvm
 
