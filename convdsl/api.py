@@ -473,7 +473,9 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
         concrete = m.bind(resolve_sizes(m, sizes))
         check_model(concrete)
         native = build_object(concrete, schedule or Schedule.for_width(tgt.vector_width), tgt).native
-        return {"llvm": lambda: native.llvm_ir, "asm": lambda: native.asm, "obj": native.object_code}[stage]()
+        if stage == "obj":
+            return native.object_code()
+        return native.llvm_ir if stage == "llvm" else native.asm
     compiled, _ = compile_code(program, m, sizes, schedule=schedule, cache=cache)
     if stage == "obj":
         return compiled.object_code()
@@ -546,10 +548,11 @@ class Library:
     weights_description: str
 
 
-def library_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None) -> dict[str, int]:
+def library_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None, origin: str = "sizes") -> dict[str, int]:
     """The sizes a C library of ``model`` is compiled for: every symbol but ``N`` must be given in
     ``sizes`` or fixed by the model's ``where`` clause (a library takes one image size: its header
-    defines it), and is checked as :func:`resolve_sizes` checks it; else :class:`LibraryError`."""
+    defines it), and is checked as :func:`check_limits` checks it; else :class:`LibraryError` (or the
+    :class:`BoundaryError` of the check, its message starting with ``origin``)."""
     from .core import symbolic as sy
 
     given = dict(sizes or {})
@@ -560,7 +563,9 @@ def library_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None) -
         raise LibraryError(f"model {model.name} has symbolic input sizes {', '.join(open_syms)}: a C library is "
                            f"compiled for one image size, so give {'them' if len(open_syms) > 1 else 'it'} "
                            f"(--size {example}, or sizes={{...}}; {valid_for_text(model)})")
-    return check_limits(model, given)
+    env = resolve_sizes(model, given, origin)
+    check_model(model.bind(env))
+    return env
 
 
 def library_paths(out: str | os.PathLike) -> tuple[str, str, str]:
@@ -631,10 +636,10 @@ def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike
         raise LibraryError(f"cannot write in {folder}: {e.strerror}") from None
     try:
         t_obj, t_so, t_hdr = (os.path.join(tmp, "lib" + ext) for ext in (".o", ".so", ".h"))
-        with open(t_obj, "wb") as f:
-            f.write(built.native.object_code())
-        with open(t_hdr, "w") as f:
-            f.write(clib.header(names, lowered, about))
+        with open(t_obj, "wb") as fb:
+            fb.write(built.native.object_code())
+        with open(t_hdr, "w") as ft:
+            ft.write(clib.header(names, lowered, about))
         clib.link_shared(t_obj, t_so)
         for src, dst in ((t_obj, obj), (t_hdr, hdr), (t_so, so)):
             os.replace(src, dst)

@@ -241,13 +241,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    """``--emit STAGE``: one stage of the pipeline (:func:`convdsl.emit`), to ``-o OUT`` or stdout."""
+    """``--emit STAGE``: one stage of the pipeline (:func:`convdsl.emit`), to ``-o OUT`` or stdout;
+    ``--emit lib``: a C library (:func:`convdsl.api.compile_library`)."""
     import convdsl
+    import convdsl.api
 
+    if args.cpu is not None and args.emit not in stages.BACKEND:
+        raise UsageError(f"--cpu chooses the machine the code is for: it applies to --emit "
+                         f"{', '.join(stages.BACKEND)}, not {args.emit}")
+    if args.weights is not None and args.emit != stages.LIB:
+        raise UsageError("--weights applies to --emit lib (the library holds them); the other stages need none")
     program = load_program(args.file)
     model = pick_model(program, args.model)
+    if args.emit == stages.LIB:
+        return _compile_lib(args, program, model)
     sizes = check_size_option(model, parse_sizes(args.size))
-    data = convdsl.emit(program, args.emit, model=model.name, sizes=sizes, cache=not args.no_cache)
+    try:
+        data = convdsl.emit(program, args.emit, model=model.name, sizes=sizes, cache=not args.no_cache,
+                            cpu=args.cpu)
+    except convdsl.api.TargetError as e:
+        raise UsageError(f"--cpu: {e}") from None
     _time_passes(args, program, model.name, sizes)
     out = args.output
     if args.emit == "obj" and out is None:  # machine code is not for a terminal
@@ -273,6 +286,37 @@ def cmd_compile(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror}") from None
     print(f"wrote {out} ({len(data):,} bytes, {args.emit}, model {model.name})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _compile_lib(args: argparse.Namespace, program, model) -> int:
+    """``--emit lib -o OUT``: OUT.so, OUT.o and OUT.h (all three, or none on an error)."""
+    import convdsl.api
+
+    sizes = parse_sizes(args.size)
+    if "N" in sizes:
+        raise UsageError("--size sets H, W and other symbols; the batch size N is an argument of the library's "
+                         "run function")
+    try:
+        convdsl.api.library_sizes(model, sizes, "--size")
+    except convdsl.api.BoundaryError as e:  # (an open or a bad size: the option's fault)
+        raise UsageError(str(e)) from None
+    out = args.output or os.path.splitext(os.path.basename(args.file))[0]
+    so, obj, hdr = convdsl.api.library_paths(out)
+    if out == "-":
+        raise UsageError("-o -: a library is three files (OUT.so, OUT.o, OUT.h); give their name with -o OUT")
+    for path in (so, obj, hdr):
+        _writable(path, "-o")
+    try:
+        lib = convdsl.api.compile_library(program, out, weights_option(args.weights), model=model.name,
+                                          sizes=sizes, cpu=args.cpu, seed=args.seed)
+    except convdsl.api.TargetError as e:
+        raise UsageError(f"--cpu: {e}") from None
+    _time_passes(args, program, model.name, sizes)
+    print(f"wrote {lib.shared}, {lib.object} and {lib.header} (model {lib.model} for CPU {lib.cpu}, "
+          f"{lib.vector_width}-lane vectors; input [N, {', '.join(map(str, lib.input_shape))}], output "
+          f"[N, {', '.join(map(str, lib.output_shape))}]; {lib.run}() needs a workspace of "
+          f"{lib.workspace_size:,} bytes; weights: {lib.weights_description})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -437,12 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("compile", help="write a stage of the pipeline: the syntax tree, the checked model, the "
                        "loop IR, the optimised LLVM IR, assembly or an object file")
     k.add_argument("file", metavar="FILE.conv")
-    k.add_argument("--emit", choices=stages.STAGES, required=True,
+    k.add_argument("--emit", choices=(*stages.STAGES, stages.LIB), required=True,
                    help="what to write: a stage of the pipeline as text (ast, model, plan, loops), the optimised "
-                   "LLVM IR (llvm), host assembly (asm) or an object file (obj)")
-    k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj)")
+                   "LLVM IR (llvm), host assembly (asm), an object file (obj), or a C library with its weights "
+                   "inside (lib: OUT.so, OUT.o, OUT.h)")
+    k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj; "
+                   "FILE.so, FILE.o, FILE.h for lib)")
     k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
-    k.add_argument("--size", metavar="H=..,W=..", help="bind symbolic sizes (default: the smallest valid)")
+    k.add_argument("--size", metavar="H=..,W=..", help="bind symbolic sizes (default: the smallest valid; "
+                   "for lib, every symbol but N must be given)")
+    k.add_argument("--cpu", metavar="NAME", help="compile for this LLVM CPU (x86-64-v3, znver3, skylake-avx512, "
+                   "...; default: the host): its features and vector width")
+    k.add_argument("--weights", metavar="W.npz", help="for lib: the weights to pack into the library (default: "
+                   "FILE.npz or FILE.safetensors beside the program, else seeded random weights)")
+    k.add_argument("--seed", type=int, default=0, metavar="S", help="for lib: seed for random weights")
     k.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
     k.add_argument("--time-passes", action="store_true", help="print how long each stage of the pipeline takes "
                    "(to stderr), as LLVM's -time-passes")
