@@ -1,0 +1,327 @@
+"""``convdsl compile --emit lib``: the C library, loaded with ctypes and built into C programs.
+
+The library's outputs are compared with the JIT'd network (same code) and with PyTorch (an
+independent implementation), on batches of 1, 3 and more than a batch tile; its argument checks,
+workspace size, thread safety, exported symbols and header are checked as a C user meets them,
+and the example program runs (also statically linked, and under valgrind) with the accuracy
+``convdsl run`` reports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXAMPLES, ROOT
+
+import convdsl
+import convdsl.api
+from convdsl.tools.cli import main
+from convdsl.tools.export_torch import to_torch
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="no C compiler (cc or gcc) to link the library with")
+
+LENET = EXAMPLES / "lenet.conv"
+ANYSIZE = EXAMPLES / "anysize.conv"
+ANY_SIZES = {"H": 13, "W": 21}
+RTOL, ATOL = 1e-4, 1e-5
+BIG = 21  # images: more than a batch tile, and not a multiple of one
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+class Lib:
+    """A built library loaded with ctypes: ``run(x)`` through ``p_run`` with a fresh workspace."""
+
+    def __init__(self, info: convdsl.api.Library) -> None:
+        self.info = info
+        self.dll = ctypes.CDLL(os.path.abspath(info.shared))
+        self.run_fn = getattr(self.dll, info.run)
+        self.run_fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+        self.run_fn.restype = ctypes.c_int
+        self.size_fn = getattr(self.dll, info.workspace_size_fn)
+        self.size_fn.argtypes = [ctypes.c_int64]
+        self.size_fn.restype = ctypes.c_size_t
+
+    def workspace(self, nbytes: int, canary: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(raw, workspace, canary)``: ``nbytes`` at a 64-byte boundary, filled with 0xFF (NaN as
+        floats: the library must not depend on what it holds), then ``canary`` guard bytes."""
+        raw = np.full(nbytes + canary + 64, 0xFF, np.uint8)
+        off = -raw.ctypes.data % 64
+        ws, guard = raw[off:off + nbytes], raw[off + nbytes:off + nbytes + canary]
+        guard[:] = np.arange(canary) % 251 + 1
+        return raw, ws, guard
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        _, ws, _ = self.workspace(self.size_fn(n))
+        y = np.empty((n, *self.info.output_shape), np.float32)
+        assert self.run_fn(x.ctypes.data, y.ctypes.data, n, ws.ctypes.data) == 0
+        return y
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """LeNet with its bundled weights and AnySize at H=13, W=21 with seeded random weights (no
+    weights beside it), both for the host CPU."""
+    d = tmp_path_factory.mktemp("clib")
+    lenet = convdsl.api.compile_library(LENET, d / "lenet")
+    anysize = convdsl.api.compile_library(ANYSIZE, d / "anysize", sizes=ANY_SIZES)
+    assert lenet.batch_tile < BIG and anysize.batch_tile < BIG  # (the big batch spans several tiles)
+    return {"dir": d, "lenet": Lib(lenet), "anysize": Lib(anysize)}
+
+
+def test_command_line_writes_the_same_library(built, tmp_path, capsys):
+    out = tmp_path / "any.so"  # (the name of the .so names all three)
+    assert main(["compile", str(ANYSIZE), "--emit", "lib", "--size", "H=13,W=21", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {tmp_path}/any.so, {tmp_path}/any.o and {tmp_path}/any.h (model AnySize" in err
+    info = built["anysize"].info
+    assert (tmp_path / "any.h").read_text() == open(info.header).read()
+    assert (tmp_path / "any.o").read_bytes() == open(info.object, "rb").read()
+
+
+def _nets():
+    """(name, JIT'd network, PyTorch module, input shape per image) for both libraries."""
+    lenet = convdsl.compile(LENET, convdsl.BESIDE)
+    anysize = convdsl.compile(ANYSIZE, None, seed=0)  # (the seeded weights the library packed)
+    out = []
+    for name, net, env in (("lenet", lenet, {}), ("anysize", anysize, ANY_SIZES)):
+        module = to_torch(net.model.bind(net.model.sizes(env)), net.weights(env))
+        shape = tuple(d if isinstance(d, int) else env[str(d)] for d in net.model.input_shape[1:])
+        out.append((name, net, module, shape))
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 3, BIG])
+def test_run_matches_the_jit_and_pytorch(built, batch):
+    for name, net, module, shape in _nets():
+        lib = built[name]
+        x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
+        y = lib.run(x)
+        np.testing.assert_allclose(y, net(x), rtol=RTOL, atol=ATOL)
+        with torch.inference_mode():
+            expect = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(y, expect, rtol=RTOL, atol=ATOL)
+
+
+def test_bad_arguments_return_nonzero_and_touch_nothing(built):
+    lib = built["lenet"]
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28), dtype=np.float32)
+    y = np.full((2, 10), 7.0, np.float32)
+    _, ws, _ = lib.workspace(lib.size_fn(2))
+    xp, yp, wp = x.ctypes.data, y.ctypes.data, ws.ctypes.data
+    cases = {
+        (xp, yp, 0, wp): 1, (xp, yp, -3, wp): 1, (xp, yp, 2 ** 62, wp): 1,
+        (None, yp, 2, wp): 2, (xp, None, 2, wp): 2, (xp, yp, 2, None): 2,
+        (xp, yp, 2, wp + 4): 3, (xp, yp, 2, wp + 32): 3,
+    }
+    for args, status in cases.items():
+        assert lib.run_fn(*args) == status, args
+    assert (y == 7.0).all()
+    assert lib.size_fn(0) == 0 and lib.size_fn(-1) == 0
+
+
+def test_header_compiles_and_names_the_return_codes(built):
+    d = built["dir"]
+    for name, lib in (("lenet", built["lenet"]), ("anysize", built["anysize"])):
+        text = open(lib.info.header).read()
+        up = name.upper()
+        for macro, value in (("IN_C", lib.info.input_shape[0]), ("IN_H", lib.info.input_shape[1]),
+                             ("IN_W", lib.info.input_shape[2]), ("OUT_SIZE", 10), ("OK", 0), ("ERR_BATCH", 1),
+                             ("ERR_NULL", 2), ("ERR_ALIGN", 3), ("WORKSPACE_ALIGN", 64)):
+            assert re.search(rf"#define {up}_{macro} {value}\b", text), macro
+        assert f"size_t {name}_workspace_size(int64_t batch);" in text
+        assert f"int {name}_run(const float *input, float *output, int64_t batch, void *workspace);" in text
+        src = d / f"use_{name}.c"
+        src.write_text(f'#include "{name}.h"\n#include "{name}.h"\n'  # (twice: the include guard)
+                       f"int use(const float *x, float *y, void *w) {{\n"
+                       f"    return {name}_workspace_size(1) > 0 ? {name}_run(x, y, 1, w) : {up}_ERR_BATCH;\n}}\n")
+        r = subprocess.run(["cc", *CFLAGS, "-I", str(d), "-c", str(src), "-o", str(d / f"use_{name}.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+
+def test_workspace_size_is_exact_and_sufficient(built):
+    """A run in exactly ``p_workspace_size(batch)`` bytes, canary bytes after them: the canaries
+    survive, the output is right, and the input is not written."""
+    for name, net, _, shape in _nets():
+        lib = built[name]
+        sizes = {lib.size_fn(b) for b in (1, 2, 7, 8, 9, 100)}
+        assert len(sizes) == 1  # (one batch tile of scratch serves every batch)
+        for batch in (1, 9):
+            need = lib.size_fn(batch)
+            raw, ws, guard = lib.workspace(need, canary=256)
+            before = guard.copy()
+            x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
+            x_copy = x.copy()
+            y = np.full((batch + 1, 10), 3.0, np.float32)  # (a row past the batch: a canary too)
+            assert lib.run_fn(x.ctypes.data, y.ctypes.data, batch, ws.ctypes.data) == 0
+            assert (guard == before).all(), f"{name}: the run wrote past {need} bytes of workspace"
+            assert (y[batch:] == 3.0).all() and (x == x_copy).all()
+            np.testing.assert_allclose(y[:batch], net(x), rtol=RTOL, atol=ATOL)
+
+
+def test_two_threads_with_distinct_workspaces(built):
+    """ctypes releases the GIL: both threads are in the library at once, each in its own workspace."""
+    lib = built["anysize"]
+    xs = [np.random.default_rng(s).standard_normal((11, 3, 13, 21), dtype=np.float32) for s in (1, 2)]
+    expect = [lib.run(x) for x in xs]
+    got: list[list[np.ndarray]] = [[], []]
+
+    def work(k: int) -> None:
+        _, ws, _ = lib.workspace(lib.size_fn(11))
+        for _ in range(20):
+            y = np.empty((11, 10), np.float32)
+            assert lib.run_fn(xs[k].ctypes.data, y.ctypes.data, 11, ws.ctypes.data) == 0
+            got[k].append(y)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in (0, 1):
+        assert len(got[k]) == 20
+        for y in got[k]:
+            np.testing.assert_array_equal(y, expect[k])
+
+
+def test_exports_only_the_documented_symbols(built):
+    if shutil.which("nm") is None:
+        pytest.skip("no nm (binutils) to list the library's symbols")
+    for name in ("lenet", "anysize"):
+        lib = built[name]
+        r = subprocess.run(["nm", "-D", "--defined-only", lib.info.shared], capture_output=True, text=True, check=True)
+        defined = {line.split()[-1] for line in r.stdout.splitlines() if line.strip()}
+        assert defined == set(lib.info.exported) == {f"{name}_run", f"{name}_workspace_size"}
+        r = subprocess.run(["nm", "-D", "--undefined-only", lib.info.shared], capture_output=True, text=True,
+                           check=True)
+        needed = {line.split()[-1].split("@")[0] for line in r.stdout.splitlines() if line.strip()}
+        # libc only (and the weak hooks every shared library has); no Python, no threads
+        assert needed <= {"memset", "memcpy", "memmove", "__cxa_finalize", "__gmon_start__",
+                          "_ITM_deregisterTMCloneTable", "_ITM_registerTMCloneTable"}, needed
+
+
+def test_symbolic_sizes_must_be_fixed(tmp_path, capsys):
+    out = tmp_path / "any"
+    assert main(["compile", str(ANYSIZE), "--emit", "lib", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic input sizes H, W" in err and "--size" in err
+    assert main(["compile", str(ANYSIZE), "--emit", "lib", "--size", "H=3,W=32", "-o", str(out)]) == 2
+    assert "--size: model AnySize is valid for H >= 12, got H = 3" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(convdsl.api.LibraryError, match="symbolic input sizes H, W"):
+        convdsl.api.compile_library(ANYSIZE, out)
+
+
+def test_no_half_written_outputs(tmp_path, capsys, monkeypatch):
+    """A failure leaves the three files as they were (or absent): no C compiler, weights that do
+    not fit, an unknown CPU."""
+    out = tmp_path / "lenet"
+    for ext in (".so", ".o", ".h"):
+        (tmp_path / f"lenet{ext}").write_text("old")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{"conv1.weight": np.zeros((2, 2), np.float32)})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert main(["compile", str(LENET), "--emit", "lib", "-o", str(out)]) == 1
+    assert "no C compiler found" in capsys.readouterr().err
+    monkeypatch.delenv("CC")
+    assert main(["compile", str(LENET), "--emit", "lib", "--weights", str(bad), "-o", str(out)]) == 1
+    assert "conv1.weight" in capsys.readouterr().err
+    assert main(["compile", str(LENET), "--emit", "lib", "--cpu", "no-such-cpu", "-o", str(out)]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["bad.npz", "lenet.h", "lenet.o", "lenet.so"]
+    assert all((tmp_path / f"lenet{e}").read_text() == "old" for e in (".so", ".o", ".h"))
+
+
+def test_unknown_cpu_says_where_the_names_are(capsys):
+    for name in ("no-such-cpu", "i386"):  # (unknown; a CPU without 64-bit code)
+        assert main(["compile", str(LENET), "--emit", "asm", "--cpu", name]) == 2
+        err = capsys.readouterr().err
+        assert f"'{name}'" in err and "-mcpu=help" in err and "x86-64-v3" in err
+    assert main(["compile", str(LENET), "--emit", "ast", "--cpu", "znver3"]) == 2
+    assert "--cpu" in capsys.readouterr().err
+    assert {"x86-64-v3", "znver3", "skylake-avx512"} <= set(convdsl.api.cpu_names())
+
+
+def test_cpu_sets_features_and_vector_width(capsys):
+    """The target CPU, not the host, decides the instructions and the schedule's width."""
+    assert main(["compile", str(LENET), "--emit", "asm", "--cpu", "skylake-avx512"]) == 0
+    avx512 = capsys.readouterr().out
+    assert re.search(r"vfmadd\w*ps\s+%zmm", avx512)
+    assert main(["compile", str(LENET), "--emit", "asm", "--cpu", "x86-64-v3"]) == 0
+    avx2 = capsys.readouterr().out
+    assert "%zmm" not in avx2 and re.search(r"vfmadd\w*ps\s+%ymm", avx2)
+    assert "<16 x float>" in convdsl.emit(LENET, "llvm", cpu="skylake-avx512")
+    assert "<16 x float>" not in convdsl.emit(LENET, "llvm", cpu="x86-64-v3")
+    assert convdsl.api.target("skylake-avx512").vector_width == 16
+    assert convdsl.api.target("x86-64-v3").vector_width == 8
+    obj = convdsl.emit(LENET, "obj", cpu="x86-64-v3")
+    assert isinstance(obj, bytes) and obj[:4] == b"\x7fELF"
+
+
+def test_library_for_another_cpu_runs_here(tmp_path):
+    """Built for x86-64-v3 (AVX2, FMA: what this project's AMD host runs): the same outputs."""
+    if not convdsl.host_cpu().features >= {"avx2", "fma"}:
+        pytest.skip("this host does not run x86-64-v3 code (AVX2 and FMA)")
+    info = convdsl.api.compile_library(LENET, tmp_path / "v3", cpu="x86-64-v3")
+    assert info.cpu == "x86-64-v3" and info.vector_width == 8
+    x = np.random.default_rng(5).standard_normal((13, 1, 28, 28), dtype=np.float32)
+    net = convdsl.compile(LENET, convdsl.BESIDE)
+    np.testing.assert_allclose(Lib(info).run(x), net(x), rtol=RTOL, atol=ATOL)
+
+
+# ----------------------------------------------------------------------------- the example program
+
+
+def _digits(d) -> str:
+    path = str(d / "digits.raw")
+    if not os.path.exists(path):
+        r = subprocess.run([sys.executable, str(ROOT / "examples" / "c" / "digits_raw.py"), path],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    return path
+
+
+def _build_classify(d, include: str, link: list[str], exe: str) -> str:
+    r = subprocess.run(["cc", *CFLAGS, "-O2", "-I", include, str(ROOT / "examples" / "c" / "classify.c"), *link,
+                        "-o", exe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+def test_example_accuracy_equals_convdsl_run(built, capsys):
+    d = built["dir"]
+    assert main(["run", str(LENET), "--repeat", "1"]) == 0
+    expected = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("accuracy:")]
+    assert expected == ["accuracy: 354/359 = 98.6%"]
+    digits = _digits(d)
+    lib = built["lenet"].info
+    shared = _build_classify(d, str(d), [lib.shared, f"-Wl,-rpath,{d}"], str(d / "classify"))
+    static = _build_classify(d, str(d), [lib.object, "-lm"], str(d / "classify_static"))
+    for exe in (shared, static):
+        r = subprocess.run([exe, digits], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == expected
+    r = subprocess.run([static, digits, "0"], capture_output=True, text=True)
+    assert r.returncode == 1 and "COUNT" in r.stderr
+
+
+def test_example_under_valgrind(tmp_path):
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (CI installs it: .ci/run)")
+    # Debian's valgrind cannot execute AVX-512: a library for x86-64-v3 (AVX2) runs under it anywhere
+    info = convdsl.api.compile_library(LENET, tmp_path / "lenet", cpu="x86-64-v3")
+    exe = _build_classify(tmp_path, str(tmp_path), [info.object, "-lm"], str(tmp_path / "classify"))
+    r = subprocess.run(["valgrind", "--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=all", "-q",
+                        exe, _digits(tmp_path), "24"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"accuracy: \d+/24 = [\d.]+%\n", r.stdout)
