@@ -33,6 +33,17 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 LENET = EXAMPLES / "lenet.conv"
 ANYSIZE = EXAMPLES / "anysize.conv"
 ANY_SIZES = {"H": 13, "W": 21}
+# a padded max pool over values of both signs: its input's halo must hold -inf (filled by p_run on
+# every call, a workspace holding anything before), where a zero would win the max at the edges
+PADPOOL = """model PadPool(x: [N, 2, 9, 11]) -> [N, 12] {
+    conv(4, kernel=3)                 -> [N, 4, 7, 9]
+    maxpool(3, stride=2, padding=1)   -> [N, 4, 4, 5]
+    avgpool(2, padding=1)             -> [N, 4, 3, 3]
+    flatten
+    dense(12)
+    tanh
+}
+"""
 RTOL, ATOL = 1e-4, 1e-5
 BIG = 21  # images: more than a batch tile, and not a multiple of one
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -70,13 +81,15 @@ class Lib:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """LeNet with its bundled weights and AnySize at H=13, W=21 with seeded random weights (no
-    weights beside it), both for the host CPU."""
+    """LeNet with its bundled weights, AnySize at H=13, W=21 and PadPool with seeded random weights
+    (none beside them), all for the host CPU."""
     d = tmp_path_factory.mktemp("clib")
-    lenet = convdsl.api.compile_library(LENET, d / "lenet")
-    anysize = convdsl.api.compile_library(ANYSIZE, d / "anysize", sizes=ANY_SIZES)
-    assert lenet.batch_tile < BIG and anysize.batch_tile < BIG  # (the big batch spans several tiles)
-    return {"dir": d, "lenet": Lib(lenet), "anysize": Lib(anysize)}
+    (d / "padpool.conv").write_text(PADPOOL)
+    libs = {"lenet": convdsl.api.compile_library(LENET, d / "lenet"),
+            "anysize": convdsl.api.compile_library(ANYSIZE, d / "anysize", sizes=ANY_SIZES),
+            "padpool": convdsl.api.compile_library(d / "padpool.conv", d / "padpool")}
+    assert all(lib.batch_tile < BIG for lib in libs.values())  # (the big batch spans several tiles)
+    return {"dir": d, **{k: Lib(v) for k, v in libs.items()}}
 
 
 def test_command_line_writes_the_same_library(built, tmp_path, capsys):
@@ -89,12 +102,13 @@ def test_command_line_writes_the_same_library(built, tmp_path, capsys):
     assert (tmp_path / "any.o").read_bytes() == open(info.object, "rb").read()
 
 
-def _nets():
-    """(name, JIT'd network, PyTorch module, input shape per image) for both libraries."""
+def _nets(built):
+    """(name, JIT'd network, PyTorch module, input shape per image) for each library."""
     lenet = convdsl.compile(LENET, convdsl.BESIDE)
     anysize = convdsl.compile(ANYSIZE, None, seed=0)  # (the seeded weights the library packed)
+    padpool = convdsl.compile(built["dir"] / "padpool.conv", None, seed=0)
     out = []
-    for name, net, env in (("lenet", lenet, {}), ("anysize", anysize, ANY_SIZES)):
+    for name, net, env in (("lenet", lenet, {}), ("anysize", anysize, ANY_SIZES), ("padpool", padpool, {})):
         module = to_torch(net.model.bind(net.model.sizes(env)), net.weights(env))
         shape = tuple(d if isinstance(d, int) else env[str(d)] for d in net.model.input_shape[1:])
         out.append((name, net, module, shape))
@@ -103,7 +117,7 @@ def _nets():
 
 @pytest.mark.parametrize("batch", [1, 3, BIG])
 def test_run_matches_the_jit_and_pytorch(built, batch):
-    for name, net, module, shape in _nets():
+    for name, net, module, shape in _nets(built):
         lib = built[name]
         x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
         y = lib.run(x)
@@ -153,7 +167,7 @@ def test_header_compiles_and_names_the_return_codes(built):
 def test_workspace_size_is_exact_and_sufficient(built):
     """A run in exactly ``p_workspace_size(batch)`` bytes, canary bytes after them: the canaries
     survive, the output is right, and the input is not written."""
-    for name, net, _, shape in _nets():
+    for name, net, _, shape in _nets(built):
         lib = built[name]
         sizes = {lib.size_fn(b) for b in (1, 2, 7, 8, 9, 100)}
         assert len(sizes) == 1  # (one batch tile of scratch serves every batch)
@@ -163,7 +177,7 @@ def test_workspace_size_is_exact_and_sufficient(built):
             before = guard.copy()
             x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
             x_copy = x.copy()
-            y = np.full((batch + 1, 10), 3.0, np.float32)  # (a row past the batch: a canary too)
+            y = np.full((batch + 1, *lib.info.output_shape), 3.0, np.float32)  # (a row past the batch: a canary)
             assert lib.run_fn(x.ctypes.data, y.ctypes.data, batch, ws.ctypes.data) == 0
             assert (guard == before).all(), f"{name}: the run wrote past {need} bytes of workspace"
             assert (y[batch:] == 3.0).all() and (x == x_copy).all()
