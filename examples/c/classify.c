@@ -5,7 +5,7 @@
 
      convdsl compile examples/lenet.conv --emit lib -o lenet
      python examples/c/digits_raw.py digits.raw
-     cc -std=c99 -O2 -I. examples/c/classify.c lenet.so -Wl,-rpath,. -o classify
+     cc -std=c99 -O2 -I. examples/c/classify.c lenet.so -Wl,-rpath,"$PWD" -o classify
      ./classify digits.raw
 
    (or statically: ... examples/c/classify.c lenet.o -lm -o classify).
