@@ -274,6 +274,8 @@ def test_cpu_sets_features_and_vector_width(capsys):
     assert main(["compile", str(LENET), "--emit", "asm", "--cpu", "x86-64-v3"]) == 0
     avx2 = capsys.readouterr().out
     assert "%zmm" not in avx2 and re.search(r"vfmadd\w*ps\s+%ymm", avx2)
+    assert "(vector width 16," in convdsl.emit(LENET, "plan", cpu="skylake-avx512")
+    assert "(vector width 8," in convdsl.emit(LENET, "plan", cpu="x86-64-v3")
     assert "<16 x float>" in convdsl.emit(LENET, "llvm", cpu="skylake-avx512")
     assert "<16 x float>" not in convdsl.emit(LENET, "llvm", cpu="x86-64-v3")
     assert convdsl.api.target("skylake-avx512").vector_width == 16

@@ -105,7 +105,8 @@ def add_entries(module: ir.Module, lowered: Lowered, weights: np.ndarray, names:
 
     data = np.ascontiguousarray(weights, dtype="<f4").tobytes()
     arena_t = ir.ArrayType(I8, len(data))
-    arena = ir.GlobalVariable(module, arena_t, name=f"{names.lower}.weights")
+    # (a space: no model, kernel or entry name has one, so this name is free in any module)
+    arena = ir.GlobalVariable(module, arena_t, name=f"{names.lower} weights")
     arena.linkage = "internal"
     arena.global_constant = True
     arena.align = WORKSPACE_ALIGN  # (the kernels' packed layouts assume a 64-byte aligned arena)
