@@ -341,3 +341,83 @@ def test_example_under_valgrind(tmp_path):
                         exe, _digits(tmp_path), "24"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"accuracy: \d+/24 = [\d.]+%\n", r.stdout)
+
+
+# ----------------------------------------------------------------------------- random networks, linked statically
+
+HARNESS = r"""#define _POSIX_C_SOURCE 200112L
+#include <stdio.h>
+#include <stdlib.h>
+#include "{p}.h"
+/* IN.raw -> OUT.raw: int64 batch, then the images; writes the outputs (float32) */
+int main(int argc, char **argv) {{
+    int64_t n;
+    FILE *f = fopen(argv[1], "rb");
+    if (argc != 3 || !f || fread(&n, sizeof n, 1, f) != 1) return 2;
+    float *x = malloc((size_t)n * {P}_IN_SIZE * sizeof(float)), *y = malloc((size_t)n * {P}_OUT_SIZE * sizeof(float));
+    void *ws = NULL;
+    if (!x || !y || posix_memalign(&ws, {P}_WORKSPACE_ALIGN, {p}_workspace_size(n)) != 0) return 3;
+    if (fread(x, sizeof(float) * {P}_IN_SIZE, (size_t)n, f) != (size_t)n) return 4;
+    int status = {p}_run(x, y, n, ws);
+    if (status != {P}_OK) return 10 + status;
+    FILE *g = fopen(argv[2], "wb");
+    if (!g || fwrite(y, sizeof(float) * {P}_OUT_SIZE, (size_t)n, g) != (size_t)n || fclose(g) != 0) return 5;
+    free(ws); free(y); free(x); fclose(f);
+    return 0;
+}}
+"""
+
+
+def _random_program(rng: np.random.Generator, k: int) -> tuple[str, dict[str, int]]:
+    """A random conv net over ``[N, C, H, W]`` as ``.conv`` text (H and W fixed by its ``where``
+    clause: a dense layer follows the flatten), and those sizes."""
+    from symtorch import conv_text, torch_shapes
+
+    for _ in range(200):
+        c = int(rng.integers(1, 5))
+        h, w = (int(v) for v in rng.integers(6, 20, size=2))
+        specs: list[tuple] = []
+        for _ in range(int(rng.integers(1, 4))):
+            kk = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+            specs.append(("conv", int(rng.integers(1, 12)), kk, (int(rng.integers(1, 3)),) * 2,
+                          (int(rng.integers(0, kk[0] // 2 + 1)), int(rng.integers(0, kk[1] // 2 + 1))), (1, 1)))
+            roll = rng.random()
+            if roll < 0.4:
+                specs.append(("pool", str(rng.choice(["max", "avg"])), (2, 2), (2, 2), (int(rng.integers(0, 2)),) * 2,
+                              bool(rng.random() < 0.5)))
+            elif roll < 0.7:
+                specs.append(("relu",))
+        specs += [("flatten",), ("dense", int(rng.integers(1, 20)))]
+        if torch_shapes(specs, 1, c, h, w) is None:
+            continue
+        text = conv_text(specs, channels=c, output=f"[N, {specs[-1][1]}]", where=(f"H == {h}", f"W == {w}"),
+                         name=f"Rand{k}")
+        if convdsl.check_source(text).ok:
+            return text, {"H": h, "W": w}
+    raise AssertionError("no random program checked in 200 draws")
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_random_networks_statically_linked(tmp_path, k):
+    """A C harness linked against ``OUT.o`` computes what the JIT'd network and PyTorch compute."""
+    text, sizes = _random_program(np.random.default_rng(100 + k), k)
+    src = tmp_path / f"rand{k}.conv"
+    src.write_text(text)
+    info = convdsl.api.compile_library(src, tmp_path / f"rand{k}", sizes=sizes)
+    p = f"rand{k}"
+    (tmp_path / "harness.c").write_text(HARNESS.format(p=p, P=p.upper()))
+    exe = str(tmp_path / "harness")
+    r = subprocess.run(["cc", *CFLAGS, "-O1", "-I", str(tmp_path), str(tmp_path / "harness.c"), info.object, "-lm",
+                        "-o", exe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    net = convdsl.compile(src, None, seed=0)
+    for batch in (1, 11):
+        x = np.random.default_rng(batch).standard_normal((batch, *info.input_shape), dtype=np.float32)
+        (tmp_path / "in.raw").write_bytes(np.int64(batch).tobytes() + x.tobytes())
+        r = subprocess.run([exe, str(tmp_path / "in.raw"), str(tmp_path / "out.raw")], capture_output=True)
+        assert r.returncode == 0, (text, r.returncode)
+        y = np.frombuffer((tmp_path / "out.raw").read_bytes(), np.float32).reshape(batch, *info.output_shape)
+        np.testing.assert_allclose(y, net(x), rtol=RTOL, atol=ATOL, err_msg=text)
+        with torch.inference_mode():
+            expect = to_torch(net.model.bind(sizes), net.weights(sizes))(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(y, expect, rtol=RTOL, atol=ATOL, err_msg=text)
