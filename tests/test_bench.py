@@ -13,7 +13,8 @@ from reference import random_weights, run_reference
 
 from convdsl.runtime.boundary import load_weights
 from convdsl.runtime.compiled import compile_model
-from convdsl.tools.bench import ENGINES, numpy_forward, render
+from convdsl.tools.bench.engines import ENGINES, numpy_forward
+from convdsl.tools.bench.render import render
 from convdsl.tools.cli import main
 from convdsl.tools.export_onnx import to_onnx
 
