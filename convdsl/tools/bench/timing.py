@@ -6,8 +6,9 @@
 * :func:`time_alternating` times engines in rounds (engine A, engine B, ...), one sample per call from
   the Python call to the returned array, with the garbage collector off; :func:`warm_up` estimates a
   call's time first, so that every engine gets about the same seconds;
-* :func:`measure_peak` is the practical peak (numpy float32 sgemm, BLAS limited to each thread count
-  with threadpoolctl); :func:`host_info` describes the machine for the report.
+* :func:`measure_fma_peak` is the physical peak (convdsl's own FMA-throughput kernel at the host's
+  vector width, on each thread count), :func:`measure_peak` the practical one (numpy float32 sgemm,
+  BLAS limited to each thread count with threadpoolctl); :func:`host_info` describes the machine.
 
 Standard library only at import time; numpy and threadpoolctl load when used.
 """
@@ -211,6 +212,20 @@ def measure_peak(threads_list: Sequence[int], size: int | None = None, repeat: i
         out["n"][str(t)] = n
     return out
 
+
+
+def measure_fma_peak(threads_list: Sequence[int], repeat: int = 3) -> dict:
+    """The physical peak per thread count: convdsl's FMA-throughput kernel at the host's vector
+    width (:func:`convdsl.api.fma_peak`), the best of ``repeat`` runs."""
+    from ...api import fma_peak
+
+    out: dict[str, Any] = {"gflops": {}}
+    for t in threads_list:
+        settle()
+        p = fma_peak(t, repeat=repeat)
+        out["gflops"][str(t)] = p.gflops
+        out.update(width=p.width, accumulators=p.accumulators)
+    return out
 
 
 # ====================================================================== host
