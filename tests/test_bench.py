@@ -229,3 +229,28 @@ def test_torch_compile_failure_is_reported_not_a_crash(monkeypatch, capsys):
     rep = json.loads(out)
     assert "No working C++ compiler" in rep["skipped"]["torch-compile"]
     assert {r["engine"] for r in rep["results"]} == {"convdsl", "torch"}
+
+
+def test_threads_beyond_the_cap_are_clamped_not_a_hang():
+    """``bench --threads 1000`` hung measuring the peak (1000 BLAS threads on 2 cores): the counts
+    follow ``run --threads``'s rule, clamped to the cap with a note, equal counts timed once.  In a
+    child process with a timeout, so that a regression fails instead of hanging the suite."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "CONVDSL_MAX_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "convdsl", "bench", str(EXAMPLES / "lenet.conv"), "--threads",
+                           "1000,1,2,3", "--batch", "1", "--compare", "numpy", "--repeat", "1", "--peak-size", "64",
+                           "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: --threads 1000: using 2, the most this process runs on" in proc.stderr
+    assert "--threads 3: using 2" in proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["settings"]["threads"] == [2, 1]
+    assert set(rep["fma_peak_gflops"]) == set(rep["peak_gflops"]) == {"1", "2"}
+    assert {r["threads"] for r in rep["results"]} == {1, 2}
+
+
+def test_threads_below_one_is_a_usage_error(capsys):
+    code, _, err = _cli(capsys, "bench", str(EXAMPLES / "lenet.conv"), "--threads", "0")
+    assert code == 2 and "--threads" in err

@@ -31,7 +31,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from ..common import (
     load_program,
     parse_sizes,
     pick_model,
+    threads_option,
     weights_option,
 )
 from .engines import (
@@ -110,6 +110,21 @@ def _int_list(text: str, what: str) -> list[int]:
     return out
 
 
+def _thread_counts(text: str | None) -> list[int]:
+    """``--threads T1,T2,..`` (default: 1 and every core this process may use), each clamped to
+    the cap as ``run --threads`` is; counts that the cap makes equal are timed once."""
+    from ...api import max_threads
+
+    if text is None:
+        return sorted({1, max_threads()})
+    out: list[int] = []
+    for t in _int_list(text, "--threads"):
+        t = threads_option(t)
+        if t not in out:
+            out.append(t)
+    return out
+
+
 def _engine_list(text: str) -> list[str]:
     out = []
     for part in text.split(","):
@@ -132,7 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     opts = Options(
         batches=_int_list(args.batch, "--batch"),
-        threads=_int_list(args.threads or f"1,{os.cpu_count() or 1}", "--threads"),
+        threads=_thread_counts(args.threads),
         compare=_engine_list(args.compare),
         repeat=args.repeat, seconds=args.seconds, layers=args.layers, seed=args.seed, peak_size=args.peak_size,
         wait_idle=args.wait_idle)
@@ -167,10 +182,14 @@ def run_bench(net, env: Mapping[str, int], weights: Mapping[str, Any], opts: Opt
     (the ``--json`` object).  ``weights`` are ``net.weights(env)``, passed in so that they are made once."""
     import numpy as np
 
+    from ...api import max_threads
     from ...core import symbolic as sy
 
     program, model = net.program, net.model
     say = (lambda m: None) if quiet else _progress
+    # (as the command line's: BLAS, PyTorch and ONNX Runtime would start as many threads as asked)
+    cap = max_threads()
+    opts = replace(opts, threads=list(dict.fromkeys(min(t, cap) for t in opts.threads)))
     cm = model.bind(env)
     full = {**env, "N": 1}
     macs = int(sy.evaluate(model.macs, full))
