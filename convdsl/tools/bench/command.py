@@ -429,7 +429,8 @@ def add_bench_parser(sub) -> None:
     b.add_argument("file", metavar="FILE.conv")
     b.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
     b.add_argument("--batch", default="1,64,1024", metavar="B1,B2,..", help="batch sizes (default 1,64,1024)")
-    b.add_argument("--threads", metavar="T1,T2,..", help="thread counts (default: 1 and all usable cores; each clamped to the cap, as run --threads)")
+    b.add_argument("--threads", metavar="T1,T2,..", help="thread counts (default: 1 and all usable cores; each "
+                   "clamped to the cap, as run --threads)")
     b.add_argument("--compare", default=DEFAULT_COMPARE, metavar="ENGINES",
                    help=f"competitors, comma-separated, from: {', '.join(COMPETITORS)} (default: all)")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
