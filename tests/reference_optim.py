@@ -6,15 +6,16 @@ optimiser keeps its state per parameter name (what a checkpoint must save to res
 ``step(params, grads, lr)`` returns the new parameters, float64.  ``lr`` is the rate of this step,
 from :func:`lr_at`, as a scheduler sets a PyTorch optimiser's ``param_group["lr"]``.
 
-``train_reference`` runs K steps of the whole of ``convdsl train --no-shuffle`` on a model:
-batches in file order, a last partial batch, epochs restarting at sample 0.
+``train_reference`` runs K steps of the whole of ``convdsl train`` on a model: batches in file
+order (``--no-shuffle``) or in given per-epoch permutations, a last partial batch, epochs
+restarting at the first sample.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -150,27 +151,35 @@ def lr_at(schedule: Schedule, base_lr: float, *, step: int, epoch: int, total_st
 # ----------------------------------------------------------------------------- training
 
 
-def batches_in_order(n: int, batch: int, steps: int) -> list[tuple[int, np.ndarray]]:
-    """``(epoch, sample indices)`` of each of ``steps`` steps without shuffling: an epoch is
-    ``ceil(n / batch)`` steps, step k of it takes samples ``[k*batch, min((k+1)*batch, n))``."""
+def batches_in_order(n: int, batch: int, steps: int,
+                     permutations: "Sequence[np.ndarray] | None" = None) -> list[tuple[int, np.ndarray]]:
+    """``(epoch, sample indices)`` of each of ``steps`` steps: an epoch is ``ceil(n / batch)``
+    steps, and step k of it takes positions ``[k*batch, min((k+1)*batch, n))`` of the epoch's
+    order: the file's (``--no-shuffle``), or ``permutations[epoch]`` where given (the shuffle
+    itself, a seeded permutation per epoch, is the implementation's to choose)."""
     per_epoch = -(-n // batch)
+    epochs = -(-steps // per_epoch)
+    if permutations is not None and len(permutations) < epochs:
+        raise ValueError(f"{steps} steps take {epochs} epochs, but {len(permutations)} permutations are given")
     out = []
     for k in range(steps):
         epoch, i = divmod(k, per_epoch)
-        out.append((epoch, np.arange(i * batch, min((i + 1) * batch, n))))
+        order = np.arange(n) if permutations is None else np.asarray(permutations[epoch])
+        out.append((epoch, order[i * batch:min((i + 1) * batch, n)]))
     return out
 
 
 def train_reference(cm: ConcreteModel, weights: Mapping[str, np.ndarray], images: np.ndarray, labels: np.ndarray,
                     *, batch: int, steps: int, optimizer: Optimizer, base_lr: float,
                     schedule: Schedule = Schedule("constant"),
-                    masks: "list[Mapping[str, np.ndarray]] | None" = None) -> tuple[Params, list[float]]:
-    """``steps`` optimiser steps from ``weights`` on ``(images, labels)`` in file order: the final
-    weights (float64) and each step's loss (the loss before that step's update).  ``masks[k]``
-    holds step k's dropout masks."""
+                    masks: "Sequence[Mapping[str, np.ndarray]] | None" = None,
+                    permutations: "Sequence[np.ndarray] | None" = None) -> tuple[Params, list[float]]:
+    """``steps`` optimiser steps from ``weights`` on ``(images, labels)`` in file order (or in
+    each epoch's given permutation): the final weights (float64) and each step's loss (the loss
+    before that step's update).  ``masks[k]`` holds step k's dropout masks."""
     params = {k: np.asarray(v, np.float64) for k, v in weights.items()}
     losses = []
-    for k, (epoch, idx) in enumerate(batches_in_order(len(labels), batch, steps)):
+    for k, (epoch, idx) in enumerate(batches_in_order(len(labels), batch, steps, permutations)):
         loss, grads = network_backward(cm, params, images[idx], labels[idx], masks[k] if masks else None)
         losses.append(loss)
         lr = lr_at(schedule, base_lr, step=k, epoch=epoch, total_steps=steps)

@@ -1,9 +1,9 @@
 """The training references (tests/reference_grad.py, tests/reference_optim.py) against PyTorch.
 
-Each op's backward on random configurations drawn with hypothesis (the geometry ranges of the
-forward differential tests in tests/test_backend.py and tests/test_ops.py: kernels 1-7,
-strides 1-3, dilations 1-3, every padding form, grouped and depthwise convs, pools with
-padding, ``ceil`` and both ``count_pad`` rules; fewer channels and images, to stay fast), the
+Each op's backward on random configurations drawn with hypothesis (the ranges of the forward
+differential tests in tests/test_backend.py and tests/test_ops.py: 1-32 channels, sizes 1-20,
+kernels 1-7, strides 1-3, dilations 1-3, every padding form, grouped and depthwise convs, pools
+with padding, ``ceil`` and both ``count_pad`` rules; batches of 1-3 images, to stay fast), the
 gradients of whole networks (both LeNets, a NiN-like net, a softmax head with dropout), and K
 optimiser steps of every optimiser and schedule, against ``torch.autograd`` and ``torch.optim``.
 The references compute in float64; torch runs in float64 and, for the networks, in float32 too.
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from netbuild import conv, conv_padding, net, out_size, pool
 
 import convdsl
-from convdsl.core.ops import Activation, Conv, Dense, Dropout, Flatten, GlobalAvgPool, Pool, Softmax
+from convdsl.core.ops import OPS, Activation, Conv, Dense, Dropout, Flatten, GlobalAvgPool, Pool, Softmax
 from convdsl.data import load_digits_train
 from reference import random_weights
 from reference_grad import (BACKWARD, activation_backward, avgpool_backward, conv2d_backward, cross_entropy, dense_backward,
@@ -58,12 +58,19 @@ def _values(rng, shape, ties):
     return rng.standard_normal(shape)
 
 
+def test_every_op_has_a_backward():
+    # an op added to the registry cannot be trained until its backward is here (dropout's needs its
+    # mask, which network_backward holds)
+    for name, d in OPS.items():
+        assert d.reference in BACKWARD or d.reference == "dropout", f"{name}: no backward {d.reference!r}"
+
+
 # ----------------------------------------------------------------------------- conv
 
 
 @st.composite
 def conv_case(draw):
-    c_in, h, w = draw(st.integers(1, 8)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    c_in, h, w = draw(st.integers(1, 32)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
     kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
     dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     form = draw(st.sampled_from(["int", "pair", "quad", "same", "none"]))
@@ -75,7 +82,7 @@ def conv_case(draw):
             out_size(w, kernel[1], stride[1], dilation[1], *pads[2:]) < 1:
         kernel, dilation = (draw(st.integers(1, h)), draw(st.integers(1, w))), (1, 1)
     groups = draw(st.sampled_from([g for g in (1, 2, 3, 4, c_in) if c_in % g == 0]))
-    c_out = groups * draw(st.integers(1, max(1, 12 // groups)))
+    c_out = groups * draw(st.integers(1, max(1, 32 // groups)))
     spec = conv(c_out, kernel, stride, padding, dilation, groups, draw(st.booleans()))
     op = net((c_in, h, w), spec).bind({}).layers[0][3]
     return op, (c_in, h, w), draw(st.integers(1, 3)), draw(st.integers(0, 2**31))
@@ -121,7 +128,7 @@ def test_conv_gradient_of_a_known_case():
 
 @st.composite
 def pool_case(draw):
-    c, h, w = draw(st.integers(1, 6)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    c, h, w = draw(st.integers(1, 20)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
     kind = draw(st.sampled_from(["max", "avg"]))
     kernel = (draw(st.integers(1, min(5, h))), draw(st.integers(1, min(5, w))))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
@@ -173,6 +180,14 @@ def test_avgpool_ceil_window_in_the_padding_keeps_pytorch_divisors():
     assert dx.tolist() == [[[[0.5, 0.5, 0.5, 0.5, 0.5]]]]
     dx = avgpool_backward((1, 1, 1, 5), np.ones((1, 1, 1, 3)), (1, 2), (1, 2), (0, 1), True, False)
     assert dx.tolist() == [[[[1.0, 0.5, 0.5, 0.5, 0.5]]]]
+    # n=4, k=3, s=2, p=1, ceil: windows [-1, 1], [1, 3], [3, 5]; the last is clipped to the padded
+    # input's end (4 + 1): it counts one real cell and one padded, so divides by 2, not 3
+    dy = np.ones((1, 1, 1, 3))
+    dx = avgpool_backward((1, 1, 1, 4), dy, (1, 3), (1, 2), (0, 1), True, True)
+    np.testing.assert_allclose(dx, [[[[1 / 3, 2 / 3, 1 / 3, 1 / 3 + 1 / 2]]]], rtol=1e-12)
+    close(dx, vjp(lambda t: F.avg_pool2d(t, (1, 3), (1, 2), (0, 1), ceil_mode=True), dy, np.zeros((1, 1, 1, 4)))[0])
+    dx = avgpool_backward((1, 1, 1, 4), dy, (1, 3), (1, 2), (0, 1), True, False)
+    np.testing.assert_allclose(dx, [[[[1 / 2, 1 / 2 + 1 / 3, 1 / 3, 1 / 3 + 1]]]], rtol=1e-12)
 
 
 @settings(max_examples=30, **SETTINGS)
@@ -530,7 +545,8 @@ OPTIMIZERS = [("sgd", {}, 0.1), ("sgd", {"momentum": 0.9}, 0.05), ("sgd", {"mome
 SCHEDULES = ["constant", "step:1:0.5", "cosine", "inv:0.1:0.75"]
 
 
-def _torch_trajectory(cm, weights, images, labels, batch, steps, kind, hp, lr, schedule):
+def _torch_trajectory(cm, weights, images, labels, batch, steps, kind, hp, lr, schedule, permutations=None,
+                      masks=None):
     params = {k: t64(v, grad=True) for k, v in weights.items()}
     opt = _torch_optimizer(kind, list(params.values()), lr, hp)
     s = parse_schedule(schedule)
@@ -538,15 +554,15 @@ def _torch_trajectory(cm, weights, images, labels, batch, steps, kind, hp, lr, s
                 "inv": lambda: torch.optim.lr_scheduler.LambdaLR(opt, lambda k: (1 + s.gamma * k) ** -s.power)}
     sched_step = per_step[s.kind]() if s.kind in per_step else None
     sched_epoch = torch.optim.lr_scheduler.StepLR(opt, s.epochs, s.gamma) if s.kind == "step" else None
-    # PyTorch's own batching: a DataLoader in file order that keeps the last partial batch
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(images).double(),
-                                                                        torch.from_numpy(labels)),
-                                         batch_size=batch, shuffle=False, drop_last=False)
+    # PyTorch's own batching: a DataLoader in file order (or over the epoch's permutation) that
+    # keeps the last partial batch
+    data = torch.utils.data.TensorDataset(torch.from_numpy(images).double(), torch.from_numpy(labels))
     losses: list[float] = []
     while len(losses) < steps:
-        for xb, yb in loader:
+        order = None if permutations is None else permutations[len(losses) // -(-len(labels) // batch)].tolist()
+        for xb, yb in torch.utils.data.DataLoader(data, batch_size=batch, sampler=order, drop_last=False):
             opt.zero_grad()
-            loss = torch_loss(cm, params, xb, yb)
+            loss = torch_loss(cm, params, xb, yb, masks[len(losses)] if masks else None)
             loss.backward()
             opt.step()
             losses.append(loss.item())
@@ -578,7 +594,29 @@ def test_k_steps_match_torch(kind, hp, lr, schedule):
         assert not np.allclose(got[name], weights[name], rtol=0, atol=1e-6), f"{name} moved"
 
 
+def test_k_steps_with_shuffling_and_dropout_match_torch():
+    cm = _model("head")
+    rng = np.random.default_rng(5)
+    weights = random_weights(cm, rng)
+    images = rng.standard_normal((9, *cm.input_shape)).astype(np.float32)
+    labels = rng.integers(0, 7, 9)
+    perms = [rng.permutation(9) for _ in range(3)]
+    masks = [dropout_masks(cm, len(idx), rng) for _, idx in batches_in_order(9, 4, 8, perms)]
+    got, losses = train_reference(cm, weights, images, labels, batch=4, steps=8, base_lr=0.01, optimizer=Adam(),
+                                  schedule=parse_schedule("cosine"), masks=masks, permutations=perms)
+    expect, tlosses = _torch_trajectory(cm, weights, images, labels, 4, 8, "adam", {}, 0.01, "cosine", perms, masks)
+    close(np.array(losses), np.array(tlosses), "losses")
+    for name in weights:
+        close(got[name], expect[name], name)
+
+
 def test_batches_in_order():
     got = [(e, idx.tolist()) for e, idx in batches_in_order(10, 4, 7)]
     assert got == [(0, [0, 1, 2, 3]), (0, [4, 5, 6, 7]), (0, [8, 9]), (1, [0, 1, 2, 3]), (1, [4, 5, 6, 7]),
                    (1, [8, 9]), (2, [0, 1, 2, 3])]
+    # shuffled: epoch e takes its batches from the e-th permutation, in the same positions
+    perms = [np.arange(10)[::-1], np.roll(np.arange(10), 3)]
+    got = [(e, idx.tolist()) for e, idx in batches_in_order(10, 4, 5, perms)]
+    assert got == [(0, [9, 8, 7, 6]), (0, [5, 4, 3, 2]), (0, [1, 0]), (1, [7, 8, 9, 0]), (1, [1, 2, 3, 4])]
+    with pytest.raises(ValueError, match="permutation"):
+        batches_in_order(10, 4, 7, perms)
