@@ -106,7 +106,7 @@ def source_string(seed: int = SPLIT_SEED, part: str = "held-out") -> str:
 
     # the held-out file's text is fixed by the committed digits.npz: only the training part's
     # string says which part it is, so that regenerating the held-out file is byte-for-byte a no-op
-    which = "" if part == "held-out" else f"this file: the {part} part, the other "
+    which = "" if part == "held-out" else f"{part} part: every image not in the "
     return (
         "sklearn.datasets.load_digits (UCI optdigits, 1797 real handwritten "
         f"digits, 8x8 0..16; scikit-learn {sklearn.__version__}); bilinear "
