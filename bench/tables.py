@@ -4,7 +4,8 @@
     python bench/tables.py --versus onnxruntime bench/results/alexnet.json bench/results/vgg11*.json
 
 The first form prints, per file, one row per (batch, threads) with every engine's median, convdsl's
-ratio to the best competitor and its share of the sgemm peak; the second, one table of convdsl
+ratio to the best competitor and its share of the FMA peak (of the sgemm peak in reports saved before
+there was one); the second, one table of convdsl
 against one competitor over several models.  Figures come from the JSON only (nothing is rerun).
 """
 
@@ -34,16 +35,25 @@ def result(report: dict, engine: str, batch: int, threads: int) -> dict | None:
 def engine_table(report: dict) -> str:
     engines = [e for e in ENGINES if any(r["engine"] == e for r in report["results"])]
     peak = report.get("peak_gflops", {})
-    lines = [f"{report['model']}: sgemm peak "
-             + ", ".join(f"{g:.1f} GFLOP/s on {t} thread{'s' if t != '1' else ''}" for t, g in peak.items()), "",
-             "| batch | threads | " + " | ".join(TITLES[e] for e in engines) + " | convdsl vs best | convdsl % of peak |",
+    fma = report.get("fma_peak_gflops")
+
+    def peaks(p: dict) -> str:
+        return ", ".join(f"{g:.1f} GFLOP/s on {t} thread{'s' if t != '1' else ''}" for t, g in p.items())
+
+    blas = "; ".join(f"{b.get('internal_api')} kernel {b.get('architecture')}"
+                     for b in report.get("peak", {}).get("blas") or [])
+    sgemm = f"sgemm (practical) peak {peaks(peak)}" + (f" [{blas}]" if blas else "")
+    # (reports saved before the FMA peak: the one share there is, of the sgemm peak)
+    title, key = ("convdsl % of FMA peak", "pct_fma_peak") if fma else ("convdsl % of peak", "pct_peak")
+    lines = [f"{report['model']}: " + (f"FMA peak {peaks(fma)}; " if fma else "") + sgemm, "",
+             "| batch | threads | " + " | ".join(TITLES[e] for e in engines) + f" | convdsl vs best | {title} |",
              "| ---: | ---: | " + " | ".join("---:" for _ in engines) + " | ---: | ---: |"]
     for batch, threads in configs(report):
         rows = {e: result(report, e, batch, threads) for e in engines}
         conv = rows.get("convdsl")
         others = [r["median_s"] for e, r in rows.items() if e != "convdsl" and r]
         best = f"{min(others) / conv['median_s']:.2f}×" if others and conv else "—"
-        pct = f"{conv['pct_peak']:.0f}%" if conv and conv.get("pct_peak") is not None else "—"
+        pct = f"{conv[key]:.0f}%" if conv and conv.get(key) is not None else "—"
         cells = [fmt_time(r["median_s"]) if r else "—" for r in rows.values()]
         lines.append(f"| {batch} | {threads} | " + " | ".join(cells) + f" | {best} | {pct} |")
     return "\n".join(lines)

@@ -12,12 +12,12 @@ from .core.version import VERSION as __version__
 
 __all__ = ["load", "loads", "compile", "compile_code", "emit", "check_file", "check_source", "Checked", "Program",
            "Network", "BESIDE", "host_cpu", "time_passes", "format_timings", "CompileError", "BoundaryError",
-           "Schedule", "save_weights", "compile_library"]
+           "Schedule", "save_weights", "fma_peak", "FmaPeak", "compile_library"]
 
 _LAZY = {
     "load": "api", "loads": "api", "compile": "api", "compile_code": "api", "emit": "api", "Program": "api",
     "Network": "api", "BESIDE": "api", "host_cpu": "api", "time_passes": "api", "format_timings": "api",
-    "save_weights": "api", "compile_library": "api",
+    "save_weights": "api", "fma_peak": "api", "FmaPeak": "api", "compile_library": "api",
     "check_file": "frontend", "check_source": "frontend", "Checked": "frontend", "CompileError": "core.diagnostics",
     "BoundaryError": "runtime.boundary", "Schedule": "backend.schedule",
 }

@@ -189,6 +189,30 @@ def target(cpu: str | None = None) -> "Target":
     return host_target() if cpu is None else cpu_target(cpu)
 
 
+@dataclass(frozen=True)
+class FmaPeak:
+    """The FMA throughput this machine reaches with code convdsl generates (:func:`fma_peak`)."""
+
+    gflops: float  # all threads together
+    threads: int
+    width: int  # floats per vector
+    accumulators: int  # independent FMA chains per thread
+
+
+def fma_peak(threads: int = 1, *, width: int | None = None, seconds: float = 0.1, repeat: int = 3) -> FmaPeak:
+    """The machine's float32 FMA peak: a kernel of independent ``<width x float>`` ``llvm.fma``
+    chains (``backend/peak.py``; ``width`` default: the host schedule's), compiled for this host,
+    run on ``threads`` threads at once (clamped to :func:`max_threads`, as a network's
+    ``threads=``), the best of ``repeat`` runs of about ``seconds``.  The limit ``% of FMA peak``
+    in ``convdsl bench`` is quoted against."""
+    from .backend.peak import ACCUMULATORS
+    from .runtime.peak import fma_peak as measure
+
+    t = _threads(threads)
+    w = Schedule.for_host().vector_width if width is None else width
+    return FmaPeak(measure(w, t, seconds=seconds, repeat=repeat), t, w, ACCUMULATORS)
+
+
 def _program(checked: Checked) -> Program:
     if not checked.ok:
         raise CompileError(checked.result.errors, {checked.file: checked.text})

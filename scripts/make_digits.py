@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the bundled held-out digit set ``convdsl/data/digits.npz``.
+"""Build the bundled digit sets ``convdsl/data/digits.npz`` (held out) and ``digits_train.npz``.
 
 Source data: scikit-learn's ``load_digits`` (the UCI "Optical Recognition of
 Handwritten Digits" test set: 1797 real handwritten digits, 8x8, values 0..16),
@@ -13,12 +13,14 @@ and centred in a 28x28 field with a 4-pixel zero border, then scaled from
 
 The split is deterministic: a stratified per-class shuffle using
 ``numpy.random.RandomState(SPLIT_SEED)``; 20% of each class is held out.
-Only the held-out part is written to the package; ``train_lenet.py`` calls
-``load_split()`` to regenerate the training part.
+Both parts are written to the package, the held-out one as ``digits.npz``
+(what ``convdsl run`` evaluates on) and the training one as
+``digits_train.npz`` (what ``convdsl train`` defaults to), with the same keys;
+``train_lenet.py`` calls ``load_split()`` to regenerate the training part.
 
 The runtime (and training) feed the network ``images.astype(float32) / 255``.
 
-Usage:  python scripts/make_digits.py [--out PATH]
+Usage:  python scripts/make_digits.py [--out PATH] [--train-out PATH]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ BORDER = (SIDE - INNER) // 2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "convdsl", "data", "digits.npz")
+DEFAULT_TRAIN_OUT = os.path.join(REPO, "convdsl", "data", "digits_train.npz")
 
 
 def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -98,37 +101,49 @@ def load_split(seed: int = SPLIT_SEED):
     }
 
 
-def source_string(seed: int = SPLIT_SEED) -> str:
+def source_string(seed: int = SPLIT_SEED, part: str = "held-out") -> str:
     import sklearn
 
+    # the held-out file's text is fixed by the committed digits.npz: only the training part's
+    # string says which part it is, so that regenerating the held-out file is byte-for-byte a no-op
+    which = "" if part == "held-out" else f"{part} part: every image not in the "
     return (
         "sklearn.datasets.load_digits (UCI optdigits, 1797 real handwritten "
         f"digits, 8x8 0..16; scikit-learn {sklearn.__version__}); bilinear "
         f"upsample 8x8->{INNER}x{INNER} (align_corners=False), centred in "
         f"{SIDE}x{SIDE} with {BORDER}px border, scaled x255/16 to uint8; "
-        f"held-out {TEST_FRACTION:.0%} of each class, stratified split with "
+        f"{which}held-out {TEST_FRACTION:.0%} of each class, stratified split with "
         f"numpy.random.RandomState({seed}); model input = images/255 as float32"
     )
 
 
+def save_part(path: str, images: np.ndarray, labels: np.ndarray, index: np.ndarray, part: str) -> int:
+    """Write one part of the split (the keys of ``convdsl/data``'s files); returns its size in bytes."""
+    np.savez_compressed(
+        path,
+        images=images,
+        labels=labels,
+        source=np.array(source_string(part=part)),
+        split_seed=np.array(SPLIT_SEED, dtype=np.int64),
+        source_index=index.astype(np.int64),
+    )
+    return os.path.getsize(path)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--out", default=DEFAULT_OUT, help="the held-out part (default: %(default)s)")
+    ap.add_argument("--train-out", default=DEFAULT_TRAIN_OUT, help="the training part (default: %(default)s)")
     args = ap.parse_args(argv)
 
     s = load_split()
-    np.savez_compressed(
-        args.out,
-        images=s["test_images"],
-        labels=s["test_labels"],
-        source=np.array(source_string()),
-        split_seed=np.array(SPLIT_SEED, dtype=np.int64),
-        source_index=s["test_index"].astype(np.int64),
-    )
-    size = os.path.getsize(args.out)
+    size = save_part(args.out, s["test_images"], s["test_labels"], s["test_index"], "held-out")
+    train_size = save_part(args.train_out, s["train_images"], s["train_labels"], s["train_index"], "training")
     print(f"train {len(s['train_labels'])}  held-out {len(s['test_labels'])}")
+    print(f"train class counts {np.bincount(s['train_labels']).tolist()}")
     print(f"held-out class counts {np.bincount(s['test_labels']).tolist()}")
     print(f"wrote {args.out} ({size} bytes)")
+    print(f"wrote {args.train_out} ({train_size} bytes)")
 
 
 if __name__ == "__main__":

@@ -49,25 +49,40 @@ def _pool_len(n, k, s, p, ceil):
     return o
 
 
-def pool2d(x, kind, kernel, stride, padding, ceil, count_pad=True):
-    """Max: padded cells never win.  Avg with ``count_pad``: padded zeros count; the divisor is the
-    window clipped to the padded input (what PyTorch's count_include_pad does, also in ceil mode).
-    Avg without: the divisor is the number of real cells in the window."""
-    N, C, H, W = x.shape
+def pool_windows(shape, kernel, stride, padding, ceil):
+    """Each output cell's window: ``(oh, ow, (h0, h1, w0, w1), (rh0, rh1, rw0, rw1))``, first the
+    window clipped to the padded input, then its real cells (``[h0, h1)`` rows, ``[w0, w1)``
+    columns, in input coordinates; padding is negative or past the end).  The backward pass
+    (tests/reference_grad.py) walks the same windows."""
+    H, W = shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     OH, OW = _pool_len(H, kh, sh, ph, ceil), _pool_len(W, kw, sw, pw, ceil)
-    y = np.zeros((N, C, OH, OW))
     for oh in range(OH):
         for ow in range(OW):
             h0, w0 = oh * sh - ph, ow * sw - pw
             h1, w1 = min(h0 + kh, H + ph), min(w0 + kw, W + pw)  # window within the padded input
-            rh0, rw0, rh1, rw1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)  # real cells
-            cells = x[:, :, rh0:rh1, rw0:rw1]
-            if kind == "max":
-                y[:, :, oh, ow] = cells.max(axis=(2, 3))
-            else:
-                cells_counted = (h1 - h0) * (w1 - w0) if count_pad else (rh1 - rh0) * (rw1 - rw0)
-                y[:, :, oh, ow] = cells.sum(axis=(2, 3)) / cells_counted
+            yield oh, ow, (h0, h1, w0, w1), (max(h0, 0), min(h1, H), max(w0, 0), min(w1, W))
+
+
+def pool_divisor(window, real, count_pad):
+    """An average's divisor: the window clipped to the padded input with ``count_pad`` (what
+    PyTorch's count_include_pad does, also in ceil mode), else the number of real cells."""
+    (h0, h1, w0, w1), (rh0, rh1, rw0, rw1) = window, real
+    return (h1 - h0) * (w1 - w0) if count_pad else (rh1 - rh0) * (rw1 - rw0)
+
+
+def pool2d(x, kind, kernel, stride, padding, ceil, count_pad=True):
+    """Max: padded cells never win.  Avg: the sum of the real cells over :func:`pool_divisor`."""
+    N, C, H, W = x.shape
+    OH, OW = _pool_len(H, kernel[0], stride[0], padding[0], ceil), _pool_len(W, kernel[1], stride[1], padding[1], ceil)
+    y = np.zeros((N, C, OH, OW))
+    for oh, ow, window, real in pool_windows((H, W), kernel, stride, padding, ceil):
+        rh0, rh1, rw0, rw1 = real
+        cells = x[:, :, rh0:rh1, rw0:rw1]
+        if kind == "max":
+            y[:, :, oh, ow] = cells.max(axis=(2, 3))
+        else:
+            y[:, :, oh, ow] = cells.sum(axis=(2, 3)) / pool_divisor(window, real, count_pad)
     return y
 
 

@@ -1,6 +1,7 @@
 """`convdsl bench`, the ONNX exporter and the numpy engine: agreement and output shape, no timings."""
 
 import json
+import math
 import sys
 
 import numpy as np
@@ -11,9 +12,12 @@ from conftest import EXAMPLES
 from netbuild import act, conv, dense, flatten, gap, lenet, net, pool, softmax
 from reference import random_weights, run_reference
 
+import convdsl
+from convdsl import api
 from convdsl.runtime.boundary import load_weights
 from convdsl.runtime.compiled import compile_model
-from convdsl.tools.bench import ENGINES, numpy_forward, render
+from convdsl.tools.bench.engines import ENGINES, numpy_forward
+from convdsl.tools.bench.render import render
 from convdsl.tools.cli import main
 from convdsl.tools.export_onnx import to_onnx
 
@@ -123,6 +127,11 @@ def test_bench_json_shape(capsys):
     assert code == 0, err
     rep = json.loads(out)
     assert set(rep["peak_gflops"]) == {"1"} and rep["peak_gflops"]["1"] > 0
+    # the physical peak, by convdsl's own FMA kernel at the host's width, beside the sgemm one
+    # at 1 and 2 threads whatever is timed (CLI.md), fewer only where fewer cores may be used
+    assert set(rep["fma_peak_gflops"]) == {"1", str(min(2, api.max_threads()))}
+    assert all(math.isfinite(g) and g > 0 for g in rep["fma_peak_gflops"].values())
+    assert rep["fma_peak"]["width"] == convdsl.Schedule.for_host().vector_width
     assert rep["model"] == "LeNet" and rep["macs"] == 416520
     assert {"cpu", "features", "cores"} <= set(rep["host"])
     assert rep["skipped"] == {}
@@ -130,14 +139,16 @@ def test_bench_json_shape(capsys):
     assert {(r["engine"], r["batch"], r["threads"]) for r in results} == {
         (e, b, 1) for e in ("convdsl", "torch", "onnxruntime", "numpy") for b in (1, 3)}
     assert len(results) == 8
-    keys = {"engine", "batch", "threads", "median_s", "images_per_s", "gflops", "pct_peak", "agrees",
-            "max_abs_diff"}
+    keys = {"engine", "batch", "threads", "median_s", "images_per_s", "gflops", "pct_fma_peak", "pct_sgemm_peak",
+            "agrees", "max_abs_diff"}
     for r in results:
         assert keys <= set(r), r
         assert r["engine"] in ENGINES
         assert r["agrees"] is True, r
         assert r["max_abs_diff"] is not None and r["max_abs_diff"] < 1e-4
-        assert r["median_s"] > 0 and r["images_per_s"] > 0 and r["gflops"] > 0 and r["pct_peak"] > 0
+        assert r["median_s"] > 0 and r["images_per_s"] > 0 and r["gflops"] > 0
+        assert r["pct_fma_peak"] == pytest.approx(100 * r["gflops"] / rep["fma_peak_gflops"]["1"])
+        assert r["pct_sgemm_peak"] == pytest.approx(100 * r["gflops"] / rep["peak_gflops"]["1"])
         if sys.platform.startswith("linux"):  # (from /proc/stat)
             assert r["background_load"] >= 0 and r["steal"] >= 0
         assert r["runs"] == 2
@@ -145,6 +156,20 @@ def test_bench_json_shape(capsys):
         assert s["best_competitor"] in ("torch", "onnxruntime", "numpy")
     text = render(rep)  # the saved JSON renders as the same tables
     assert "onnxruntime" in text and "best competitor" in text
+    assert "FMA peak" in text and "% FMA" in text and f"{rep['fma_peak_gflops']['1']:.1f} GFLOP/s" in text
+    assert "practical peak, sgemm" in text
+    blas = rep["peak"]["blas"]
+    if blas:  # (threadpoolctl names the BLAS kernel: beside the practical peak)
+        assert f"kernel {blas[0]['architecture']}" in text
+
+
+def test_saved_report_without_fma_peak_renders_its_sgemm_share():
+    """A report saved before the FMA peak existed still renders, its one share labelled as it was."""
+    rep = {"model": "M", "macs": 10, "peak_gflops": {"1": 50.0},
+           "results": [{"engine": "convdsl", "batch": 1, "threads": 1, "median_s": 1e-3, "images_per_s": 1e3,
+                        "gflops": 20.0, "pct_peak": 40.0, "agrees": True, "max_abs_diff": 0.0}]}
+    text = render(rep)
+    assert "% peak" in text and "40.0%" in text and "FMA" not in text and "sgemm peak" in text
 
 
 def test_bench_text_and_layers(tmp_path, capsys):
@@ -206,3 +231,28 @@ def test_torch_compile_failure_is_reported_not_a_crash(monkeypatch, capsys):
     rep = json.loads(out)
     assert "No working C++ compiler" in rep["skipped"]["torch-compile"]
     assert {r["engine"] for r in rep["results"]} == {"convdsl", "torch"}
+
+
+def test_threads_beyond_the_cap_are_clamped_not_a_hang():
+    """``bench --threads 1000`` hung measuring the peak (1000 BLAS threads on 2 cores): the counts
+    follow ``run --threads``'s rule, clamped to the cap with a note, equal counts timed once.  In a
+    child process with a timeout, so that a regression fails instead of hanging the suite."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "CONVDSL_MAX_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "convdsl", "bench", str(EXAMPLES / "lenet.conv"), "--threads",
+                           "1000,1,2,3", "--batch", "1", "--compare", "numpy", "--repeat", "1", "--peak-size", "64",
+                           "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: --threads 1000: using 2, the most this process runs on" in proc.stderr
+    assert "--threads 3: using 2" in proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["settings"]["threads"] == [2, 1]
+    assert set(rep["fma_peak_gflops"]) == set(rep["peak_gflops"]) == {"1", "2"}
+    assert {r["threads"] for r in rep["results"]} == {1, 2}
+
+
+def test_threads_below_one_is_a_usage_error(capsys):
+    code, _, err = _cli(capsys, "bench", str(EXAMPLES / "lenet.conv"), "--threads", "0")
+    assert code == 2 and "--threads" in err

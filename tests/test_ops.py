@@ -140,7 +140,7 @@ def _ort(model, w, x):
 def _everywhere(src: str, batch: int = 3, seed: int = 0):
     """convdsl (compiled), the numpy reference, the bench's numpy engine, PyTorch and ONNX Runtime on
     one program."""
-    from convdsl.tools.bench import numpy_forward
+    from convdsl.tools.bench.engines import numpy_forward
 
     program = convdsl.loads(src)
     m = program.model()

@@ -23,10 +23,13 @@ from convdsl.runtime import weights_io
 from convdsl.runtime.limits import MAX_ELEMENTS, LimitError
 from convdsl.tools.cli import main
 
-torch = pytest.importorskip("torch")
+# plain imports, not importorskip: torch is in the test extra and safetensors a run-time
+# dependency, so a missing one is a broken install that must fail, not a silent skip
+import safetensors.numpy as safetensors_numpy
+import safetensors.torch as safetensors_torch
+import torch
+
 nn = torch.nn
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 LENET = str(EXAMPLES / "lenet.conv")
 TOL = dict(rtol=1e-4, atol=1e-5)

@@ -37,6 +37,8 @@ from typing import NamedTuple, assert_never
 from . import loopir as L
 
 INF = float("inf")
+# a bound: exact (an integer or a fraction, so no rounding can make it unsound) or infinite
+Bound = int | Fraction | float
 _MAX_CANDIDATES = 4  # bounds kept per direction (any subset of valid bounds is still valid)
 
 
@@ -54,7 +56,8 @@ class Affine(NamedTuple):
     def __neg__(self) -> "Affine":
         return self.scale(-1)
 
-    def __add__(self, other: "Affine") -> "Affine":
+    # affine addition, not tuple concatenation: the override is deliberate
+    def __add__(self, other: "Affine") -> "Affine":  # type: ignore[override]
         if not other.terms:
             return Affine(self.const + other.const, self.terms)
         if not self.terms:
@@ -106,7 +109,7 @@ class _Env:
     """The symbols: their bounds by id, and what elimination has found (memo)."""
 
     symbols: list[_Symbol] = field(default_factory=list)
-    memo: dict[tuple[Affine, bool], float] = field(default_factory=dict)  # cleared when facts change
+    memo: dict[tuple[Affine, bool], Bound] = field(default_factory=dict)  # cleared when facts change
     # bounds that hold only inside the loop that implies them (symbol -> (lows, ups)), see assume()
     extra: dict[int, tuple[list[Affine], list[Affine]]] = field(default_factory=dict)
 
@@ -114,7 +117,7 @@ class _Env:
         self.symbols.append(_Symbol(lows, ups))
         return Affine.of(len(self.symbols) - 1)
 
-    def bound(self, f: Affine, upper: bool, budget: list[int] | None = None) -> float:
+    def bound(self, f: Affine, upper: bool, budget: list[int] | None = None) -> Bound:
         """The least upper (or greatest lower) constant bound of ``f`` that elimination finds."""
         if not f.terms:
             return f.const
@@ -130,7 +133,7 @@ class _Env:
         more = self.extra.get(sym)
         if more is not None:
             cands = [*cands, *(more[1] if (coef > 0) == upper else more[0])]
-        best = INF if upper else -INF
+        best: Bound = INF if upper else -INF
         for c in cands:
             if budget[0] <= 0:
                 break
@@ -160,14 +163,14 @@ class _Env:
         (ups if upper else lows).remove(b)
         self.memo.clear()
 
-    def hi(self, r: Range) -> float:
+    def hi(self, r: Range) -> Bound:
         return min((self.bound(u, True) for u in r.ups), default=INF)
 
-    def lo(self, r: Range) -> float:
+    def lo(self, r: Range) -> Bound:
         return max((self.bound(x, False) for x in r.lows), default=-INF)
 
 
-def _const_range(lo: float, hi: float) -> Range:
+def _const_range(lo: Bound, hi: Bound) -> Range:
     """The integers in ``[lo, hi]`` (bounds may be fractions or infinite)."""
     return Range((Affine(math.ceil(lo)),) if lo != -INF else (), (Affine(math.floor(hi)),) if hi != INF else ())
 
@@ -183,12 +186,12 @@ class _Checker:
     kernels: dict[str, L.Kernel]
     extents: dict[str, Affine]  # buffer name -> its size in floats
     where: str = "entry"
-    entry_nt: dict[str, float] = field(default_factory=dict)  # largest nt the entry gives each kernel
+    entry_nt: dict[str, Bound] = field(default_factory=dict)  # largest nt the entry gives each kernel
     # constant interval of each name's value, by the identity of its Range (kept alive here)
-    _ivals: dict[int, tuple[Range, float, float]] = field(default_factory=dict)
+    _ivals: dict[int, tuple[Range, Bound, Bound]] = field(default_factory=dict)
     _quotients: dict[tuple, Affine] = field(default_factory=dict)
 
-    def ival(self, e: L.Index, names: dict[str, Range]) -> tuple[float, float]:
+    def ival(self, e: L.Index, names: dict[str, Range]) -> tuple[Bound, Bound]:
         """A constant interval holding ``e``: plain interval arithmetic, the quick first try of
         :meth:`access` (enough for every access to a fixed-size buffer in the programs ``lower``
         makes; the caller's arrays, sized by the batch, need the affine bounds)."""
@@ -229,33 +232,35 @@ class _Checker:
                 return Range.exact(Affine(v))
             case L.IVar(name=n):
                 return names[n]
-            case L.IBin(op="add", a=a, b=b):
+            case L.IBin(op=op, a=a, b=b):
+                # a nested match on the operator, so that the type checker sees it exhaustive
                 x, y = self.range(a, names), self.range(b, names)
-                if x.lows is x.ups and y.lows is y.ups and len(x.ups) == len(y.ups) == 1:
-                    return Range.exact(x.ups[0] + y.ups[0])
-                return Range(_cap([p + q for p in x.lows for q in y.lows]),
-                             _cap([p + q for p in x.ups for q in y.ups]))
-            case L.IBin(op="sub", a=a, b=b):
-                x, y = self.range(a, names), self.range(b, names)
-                return Range(_cap([p - q for p in x.lows for q in y.ups]),
-                             _cap([p - q for p in x.ups for q in y.lows]))
-            case L.IBin(op="min", a=a, b=b):
-                x, y = self.range(a, names), self.range(b, names)
-                lo = min(self.env.lo(x), self.env.lo(y))
-                return Range(_const_range(lo, INF).lows, _cap([*x.ups, *y.ups]))
-            case L.IBin(op="mul", a=a, b=b):
-                x, y = self.range(a, names), self.range(b, names)
-                for p, q in ((x, y), (y, x)):
-                    k = _constant(p)
-                    if k is not None and q.lows is q.ups and len(q.ups) == 1:
-                        return Range.exact(q.ups[0].scale(k))
-                    if k is not None:
-                        return Range(_cap([u.scale(k) for u in q.lows]), _cap([u.scale(k) for u in q.ups])) \
-                            if k >= 0 else Range(_cap([u.scale(k) for u in q.ups]), _cap([u.scale(k) for u in q.lows]))
-                corners = [p * q for p in (self.env.lo(x), self.env.hi(x)) for q in (self.env.lo(y), self.env.hi(y))]
-                if any(c != c or abs(c) == INF for c in corners):  # NaN from 0 * inf, or unbounded
-                    raise BoundsError(f"{self.where}: cannot bound the product {L.format_index(e)}")
-                return _const_range(min(corners), max(corners))
+                match op:
+                    case "add":
+                        if x.lows is x.ups and y.lows is y.ups and len(x.ups) == len(y.ups) == 1:
+                            return Range.exact(x.ups[0] + y.ups[0])
+                        return Range(_cap([p + q for p in x.lows for q in y.lows]),
+                                     _cap([p + q for p in x.ups for q in y.ups]))
+                    case "sub":
+                        return Range(_cap([p - q for p in x.lows for q in y.ups]),
+                                     _cap([p - q for p in x.ups for q in y.lows]))
+                    case "min":
+                        lo = min(self.env.lo(x), self.env.lo(y))
+                        return Range(_const_range(lo, INF).lows, _cap([*x.ups, *y.ups]))
+                    case "mul":
+                        for p, q in ((x, y), (y, x)):
+                            k = _constant(p)
+                            if k is not None and q.lows is q.ups and len(q.ups) == 1:
+                                return Range.exact(q.ups[0].scale(k))
+                            if k is not None:
+                                return Range(_cap([u.scale(k) for u in q.lows]), _cap([u.scale(k) for u in q.ups])) \
+                                    if k >= 0 else Range(_cap([u.scale(k) for u in q.ups]), _cap([u.scale(k) for u in q.lows]))
+                        corners = [p * q for p in (self.env.lo(x), self.env.hi(x)) for q in (self.env.lo(y), self.env.hi(y))]
+                        if any(c != c or abs(c) == INF for c in corners):  # NaN from 0 * inf, or unbounded
+                            raise BoundsError(f"{self.where}: cannot bound the product {L.format_index(e)}")
+                        return _const_range(min(corners), max(corners))
+                    case _:
+                        assert_never(op)
             case L.IDivC(a=a, c=c, mod=m):
                 x = self.range(a, names)
                 lo = self.env.lo(x)
@@ -378,7 +383,7 @@ def _exact(r: Range) -> Affine | None:
     return r.lows[0] if len(r.lows) == 1 and (r.ups is r.lows or r.ups == r.lows) else None
 
 
-def _constant(r: Range) -> int | None:
+def _constant(r: Range) -> int | Fraction | None:
     x = _exact(r)
     return x.const if x is not None and not x.terms else None
 

@@ -50,10 +50,16 @@ def _init() -> None:
 
 def host_target_machine(opt: int = 3) -> llvm.TargetMachine:
     _init()
+    return target_machine(llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), opt)
+
+
+def target_machine(cpu: str, features: str, opt: int = 3) -> llvm.TargetMachine:
+    """A target machine of this host's triple for ``cpu`` with ``features`` (``+avx2,-avx512f,...``):
+    the host's for the JIT; another CPU's only to print the code it would get (``--emit asm`` of
+    the other vector width in the tests)."""
+    _init()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(),
-                                        opt=opt, codemodel="jitdefault")
+    return target.create_target_machine(cpu=cpu, features=features, opt=opt, codemodel="jitdefault")
 
 
 @dataclass(frozen=True, slots=True)

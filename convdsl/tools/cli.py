@@ -32,6 +32,7 @@ from .common import (
     load_program,
     parse_sizes,
     pick_model,
+    threads_option,
     weights_option,
 )
 
@@ -159,13 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.batch is not None and args.batch < 1:
         raise UsageError("--batch must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError("--threads must be at least 1")
-    if args.threads is not None and args.threads > convdsl.api.max_threads():
-        cap = convdsl.api.max_threads()
-        print(f"note: --threads {args.threads}: using {cap}, the most this process runs on (its usable cores; "
-              "CONVDSL_MAX_THREADS raises the cap)", file=sys.stderr)
-        args.threads = cap
+    if args.threads is not None:
+        args.threads = threads_option(args.threads)
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
     sizes = parse_sizes(args.size)

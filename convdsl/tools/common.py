@@ -117,3 +117,19 @@ def weights_option(path: str | None) -> "str | Beside":
     if os.path.isdir(path):
         raise UsageError(f"--weights {path} is a directory, not an .npz weights file")
     return path
+
+
+def threads_option(threads: int, option: str = "--threads") -> int:
+    """A thread count from the command line as the API takes it: below 1 is a usage error, above
+    :func:`convdsl.api.max_threads` is clamped to it with a note (more threads than cores only wait
+    for each other; ``bench --threads 1000`` once hung measuring the peak on 1000 BLAS threads)."""
+    from ..api import max_threads
+
+    if threads < 1:
+        raise UsageError(f"{option} must be at least 1")
+    cap = max_threads()
+    if threads > cap:
+        print(f"note: {option} {threads}: using {cap}, the most this process runs on (its usable cores; "
+              "CONVDSL_MAX_THREADS raises the cap)", file=sys.stderr)
+        return cap
+    return threads

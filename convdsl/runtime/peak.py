@@ -1,0 +1,61 @@
+"""Running the FMA throughput kernel (``backend/peak.py``) on one or more threads.
+
+Each thread calls the kernel through ctypes, which releases the GIL, so ``threads`` Python threads
+run it concurrently on as many cores.  The figure for ``threads`` is the flops of all of them over
+the wall time from their common start (a barrier) to the last one's end: a thread that started
+late or was descheduled lowers it, never raises it.  The best of ``repeat`` runs is kept: the
+peak is what the machine *can* do, and other processes only ever take from it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+
+from ..backend.peak import FmaKernel, fma_kernel
+
+_KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_void_p)
+# a < 1 and b > 0: the chain converges to b / (1 - a) = 1 and stays a normal float (no denormal assists)
+A, B = 0.999, 0.001
+
+
+def _run(kernel: FmaKernel, iterations: int, threads: int) -> float:
+    """Seconds for ``threads`` concurrent calls of ``iterations`` each, from their common start."""
+    fn = _KERNEL(kernel.address)
+    outs = [(ctypes.c_float * kernel.out_floats)() for _ in range(threads)]
+    start = threading.Barrier(threads + 1)
+
+    def work(out: ctypes.Array) -> None:
+        start.wait()
+        fn(iterations, A, B, ctypes.addressof(out))
+
+    team = [threading.Thread(target=work, args=(out,), daemon=True) for out in outs]
+    for t in team:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in team:
+        t.join()
+    seconds = time.perf_counter() - t0
+    # the chain falls from its start (1 + k/64) towards 1: anything else is a kernel that did not run
+    if not all(0.99 < v < 1.25 for out in outs for v in out):
+        raise RuntimeError("the FMA peak kernel computed a wrong value")
+    return seconds
+
+
+def fma_peak(width: int, threads: int = 1, seconds: float = 0.1, repeat: int = 3) -> float:
+    """GFLOP/s of ``width``-lane FMAs on ``threads`` threads: the best of ``repeat`` runs of about
+    ``seconds`` each (the iteration count is calibrated on one thread first)."""
+    if threads < 1 or repeat < 1 or not seconds > 0:
+        raise ValueError("threads and repeat must be at least 1 and seconds positive")
+    kernel = fma_kernel(width)
+    iterations = 1000
+    while True:  # calibrate: grow until one call takes a tenth of the wanted time, then scale
+        dt = _run(kernel, iterations, 1)
+        if dt >= seconds / 10 or iterations >= 1 << 40:
+            break
+        iterations *= 8
+    iterations = max(1, int(iterations * seconds / max(dt, 1e-9)))
+    best = min(_run(kernel, iterations, threads) for _ in range(repeat))
+    return threads * iterations * kernel.flops_per_iteration / best / 1e9
