@@ -570,6 +570,7 @@ class Library:
     cpu: str  # the LLVM CPU the code is for
     vector_width: int
     weights_description: str
+    random_weights: bool  # seeded random weights (none given, none beside the program)
 
 
 def library_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None, origin: str = "sizes") -> dict[str, int]:
@@ -675,4 +676,4 @@ def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike
         shutil.rmtree(tmp, ignore_errors=True)
     return Library(so, obj, hdr, m.name, names.run, names.workspace_size, names.exported, lowered.input_shape,
                    lowered.output_shape, clib.workspace_bytes(lowered), lowered.batch_tile, env, tgt.cpu,
-                   tgt.vector_width, net.weights_description)
+                   tgt.vector_width, net.weights_description, net.random_weights)

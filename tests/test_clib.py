@@ -96,6 +96,7 @@ def test_command_line_writes_the_same_library(built, tmp_path, capsys):
     out = tmp_path / "any.so"  # (the name of the .so names all three)
     assert main(["compile", str(ANYSIZE), "--emit", "lib", "--size", "H=13,W=21", "-o", str(out)]) == 0
     err = capsys.readouterr().err
+    assert "note: no weights given and no anysize.npz or anysize.safetensors beside the program" in err
     assert f"wrote {tmp_path}/any.so, {tmp_path}/any.o and {tmp_path}/any.h (model AnySize" in err
     info = built["anysize"].info
     assert (tmp_path / "any.h").read_text() == open(info.header).read()

@@ -309,6 +309,11 @@ def _compile_lib(args: argparse.Namespace, program, model) -> int:
     except convdsl.api.TargetError as e:
         raise UsageError(f"--cpu: {e}") from None
     _time_passes(args, program, model.name, sizes)
+    if lib.random_weights:  # (a library is shipped: say so louder than in the summary line)
+        stem = os.path.splitext(os.path.basename(convdsl.api.weights_beside(program)))[0]
+        beside = " or ".join(stem + e for e in convdsl.api.BESIDE_EXTENSIONS)
+        print(f"note: no weights given and no {beside} beside the program: the library holds "
+              f"{lib.weights_description}", file=sys.stderr)
     print(f"wrote {lib.shared}, {lib.object} and {lib.header} (model {lib.model} for CPU {lib.cpu}, "
           f"{lib.vector_width}-lane vectors; input [N, {', '.join(map(str, lib.input_shape))}], output "
           f"[N, {', '.join(map(str, lib.output_shape))}]; {lib.run}() needs a workspace of "
@@ -479,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("file", metavar="FILE.conv")
     k.add_argument("--emit", choices=(*stages.STAGES, stages.LIB), required=True,
                    help="what to write: a stage of the pipeline as text (ast, model, plan, loops), the optimised "
-                   "LLVM IR (llvm), host assembly (asm), an object file (obj), or a C library with its weights "
-                   "inside (lib: OUT.so, OUT.o, OUT.h)")
+                   "LLVM IR (llvm), assembly (asm) or an object file (obj) for the host or --cpu, or a C library "
+                   "with its weights inside (lib: OUT.so, OUT.o, OUT.h)")
     k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj; "
                    "FILE.so, FILE.o, FILE.h for lib)")
     k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
