@@ -257,6 +257,17 @@ def test_no_half_written_outputs(tmp_path, capsys, monkeypatch):
     assert all((tmp_path / f"lenet{e}").read_text() == "old" for e in (".so", ".o", ".h"))
 
 
+def test_output_names(tmp_path, capsys):
+    assert convdsl.api.library_paths("a/lenet") == convdsl.api.library_paths("a/lenet.so") == (
+        "a/lenet.so", "a/lenet.o", "a/lenet.h")
+    assert main(["compile", str(LENET), "--emit", "lib", "-o", "-"]) == 2
+    assert "a library is three files" in capsys.readouterr().err
+    assert main(["compile", str(LENET), "--emit", "lib", "-o", str(tmp_path / "no" / "dir")]) == 2
+    assert "no writable directory" in capsys.readouterr().err
+    assert main(["compile", str(LENET), "--emit", "asm", "--weights", str(EXAMPLES / "lenet.npz")]) == 2
+    assert "--weights applies to --emit lib" in capsys.readouterr().err
+
+
 def test_unknown_cpu_says_where_the_names_are(capsys):
     for name in ("no-such-cpu", "i386"):  # (unknown; a CPU without 64-bit code)
         assert main(["compile", str(LENET), "--emit", "asm", "--cpu", name]) == 2

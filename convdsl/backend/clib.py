@@ -177,7 +177,7 @@ def header(names: Names, lowered: Lowered, about: str) -> str:
     ``about``: a line saying what was compiled (model, file, sizes, weights, CPU)."""
     p, P = names.lower, names.upper
     shape = lowered.input_shape
-    c, h, w = (*shape, 1, 1)[:3]  # ([N, F] input: F channels of 1 x 1)
+    c, h, w = shape  # (a model's input is [N, C, H, W]: the checker requires it)
     out = lowered.output_shape
     guard = f"CONVDSL_{P}_H"
     lines = [
