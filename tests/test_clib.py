@@ -27,8 +27,8 @@ import convdsl.api
 from convdsl.tools.cli import main
 from convdsl.tools.export_torch import to_torch
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                                reason="no C compiler (cc or gcc) to link the library with")
+CC = shutil.which("cc") or shutil.which("gcc")
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) to link the library with")
 
 LENET = EXAMPLES / "lenet.conv"
 ANYSIZE = EXAMPLES / "anysize.conv"
@@ -160,7 +160,7 @@ def test_header_compiles_and_names_the_return_codes(built):
         src.write_text(f'#include "{name}.h"\n#include "{name}.h"\n'  # (twice: the include guard)
                        f"int use(const float *x, float *y, void *w) {{\n"
                        f"    return {name}_workspace_size(1) > 0 ? {name}_run(x, y, 1, w) : {up}_ERR_BATCH;\n}}\n")
-        r = subprocess.run(["cc", *CFLAGS, "-I", str(d), "-c", str(src), "-o", str(d / f"use_{name}.o")],
+        r = subprocess.run([CC, *CFLAGS, "-I", str(d), "-c", str(src), "-o", str(d / f"use_{name}.o")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
 
@@ -320,7 +320,7 @@ def _digits(d) -> str:
 
 
 def _build_classify(d, include: str, link: list[str], exe: str) -> str:
-    r = subprocess.run(["cc", *CFLAGS, "-O2", "-I", include, str(ROOT / "examples" / "c" / "classify.c"), *link,
+    r = subprocess.run([CC, *CFLAGS, "-O2", "-I", include, str(ROOT / "examples" / "c" / "classify.c"), *link,
                         "-o", exe], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return exe
@@ -419,7 +419,7 @@ def test_random_networks_statically_linked(tmp_path, k):
     p = f"rand{k}"
     (tmp_path / "harness.c").write_text(HARNESS.format(p=p, P=p.upper()))
     exe = str(tmp_path / "harness")
-    r = subprocess.run(["cc", *CFLAGS, "-O1", "-I", str(tmp_path), str(tmp_path / "harness.c"), info.object, "-lm",
+    r = subprocess.run([CC, *CFLAGS, "-O1", "-I", str(tmp_path), str(tmp_path / "harness.c"), info.object, "-lm",
                         "-o", exe], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     net = convdsl.compile(src, None, seed=0)
