@@ -115,7 +115,11 @@ print(json.dumps({"width": width, "triple": tm.triple}))
 
 
 def _run_probe(arg: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _PROBE, arg], capture_output=True, text=True, timeout=120)
+    try:
+        return subprocess.run([sys.executable, "-c", _PROBE, arg], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise TargetError(f"could not ask LLVM about CPU {arg!r} (a child Python process, {sys.executable}): "
+                          f"{e}") from None
 
 
 @lru_cache(maxsize=None)
