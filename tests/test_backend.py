@@ -249,6 +249,29 @@ def test_heads_match_torch(case, seed, width):
     _differential(*case, seed, width)
 
 
+# the same random networks exported to ONNX (issue 10: "the random networks of the differential
+# tests exported and run in ONNX Runtime"), against PyTorch: the exporter's attribute mapping
+# (pads order, ceil_mode, count_include_pad, group, dilations) meets every drawn configuration
+@settings(max_examples=60, **SETTINGS)
+@given(st.one_of(conv_net(), head_net()), st.integers(0, 2**31))
+def test_random_networks_exported_run_in_onnxruntime(case, seed):
+    import onnx
+    import onnxruntime as ort
+
+    from convdsl.tools.export_onnx import to_onnx
+
+    model, batch = case
+    cm = model.bind({})
+    rng = np.random.default_rng(seed)
+    w = random_weights(cm, rng)
+    x = rng.standard_normal((batch, *cm.input_shape)).astype(np.float32)
+    proto = to_onnx(model, w)
+    onnx.checker.check_model(proto)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, torch_run(cm, w, x), rtol=RTOL, atol=ATOL)
+
+
 # ----------------------------------------------------------------------------- Winograd F(2x2, 3x3)
 
 # every 3x3 stride-1 conv of 2 channels or more, at each width
