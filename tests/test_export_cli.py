@@ -167,7 +167,7 @@ def _same_layers(a, b) -> None:
     assert ops(a) == ops(b)
 
 
-@pytest.mark.parametrize("example", ["lenet", "lenet5", "lenet_relu", "anysize", "symbolic_where", "nin"])
+@pytest.mark.parametrize("example", ["lenet", "lenet5", "lenet_relu", "anysize", "symbolic_where", "nin", "vgg11_small"])
 def test_export_then_import_is_the_same_program(example, tmp_path):
     src = EXAMPLES / f"{example}.conv"
     program = convdsl.load(src)
