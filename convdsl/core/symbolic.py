@@ -307,6 +307,10 @@ class Expr:
     """A non-constant integer expression in canonical form (immutable, hashable)."""
 
     __slots__ = ("_p", "_h")
+    # Declared for the type checker: the slots are filled once, in _from_poly, through
+    # object.__setattr__ (the class forbids assignment so that hashes stay valid).
+    _p: tuple
+    _h: int
 
     def __init__(self, *_a, **_k):
         raise TypeError("use sym(name) and arithmetic to build expressions")
