@@ -220,6 +220,8 @@ class _Checker:
                 if m:
                     return (lo, hi) if hi < c else (0, c - 1)
                 return lo // c, hi // c
+            case L.ILet(value=a):
+                return self.ival(a, names)
             case _:
                 assert_never(e)
 
@@ -285,11 +287,37 @@ class _Checker:
                     if a_exact is not None:
                         self._quotients[key] = got
                 return Range.exact(got)
+            case L.ILet(name=n, value=a):
+                # (bound once: the name then means this value wherever it is used)
+                if n not in names:
+                    names[n] = self.bind(self.range(a, names))
+                return names[n]
+            case _:
+                assert_never(e)
+
+    def lets(self, e: L.Index, names: dict[str, Range]) -> None:
+        """Bind the names ``e``'s ``ILet``\\ s introduce (into the block's ``names``), in evaluation
+        order; one that cannot be bounded gets a symbol with no bounds (sound: nothing is assumed)."""
+        match e:
+            case L.IConst() | L.IVar():
+                pass
+            case L.IBin(a=a, b=b):
+                self.lets(a, names)
+                self.lets(b, names)
+            case L.IDivC(a=a):
+                self.lets(a, names)
+            case L.ILet(name=n, value=a):
+                self.lets(a, names)
+                try:
+                    self.range(e, names)
+                except BoundsError:
+                    names[n] = Range.exact(self.env.new([], []))
             case _:
                 assert_never(e)
 
     def access(self, kind: str, buf: str, index: L.Index, width: int, names: dict[str, Range]) -> None:
         size = self.extents[buf]
+        self.lets(index, names)
         if not size.terms:
             lo, hi = self.ival(index, names)
             if lo >= 0 and hi + width <= size.const:
@@ -306,7 +334,9 @@ class _Checker:
         match v:
             case L.Load(buf=b, index=i, width=w):
                 self.access("load", b, i, w, names)
-            case L.FConst() | L.Local() | L.ToFloat():
+            case L.ToFloat(index=i):
+                self.lets(i, names)
+            case L.FConst() | L.Local():
                 pass
             case L.Broadcast(value=x) | L.Unary(a=x) | L.Reduce(a=x):
                 self.value(x, names)
@@ -362,6 +392,8 @@ class _Checker:
                     if self.where == "entry" and len(ranges) >= 2:
                         self.entry_nt[k] = max(self.entry_nt.get(k, -INF), self.env.hi(ranges[1]))
                     self.call(self.kernels[k], ranges)
+                case L.Block(body=inner):
+                    self.block(inner, names, locs)
                 case L.Comment():
                     pass
                 case _:
