@@ -392,8 +392,8 @@ class _Checker:
                     if self.where == "entry" and len(ranges) >= 2:
                         self.entry_nt[k] = max(self.entry_nt.get(k, -INF), self.env.hi(ranges[1]))
                     self.call(self.kernels[k], ranges)
-                case L.Block(body=inner):
-                    self.block(inner, names, locs)
+                case L.Block(body=inner, binds=bs):
+                    self.block(inner, {**names, **{n: Range.exact(Affine(k)) for n, k in bs}}, locs)
                 case L.Comment():
                     pass
                 case _:

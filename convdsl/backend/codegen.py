@@ -439,8 +439,10 @@ class _FnGen:
                 t1 = b.call(clock, [])
                 slot = b.gep(self.ptrs[L.PROFILE_BUFFER], [ir.Constant(I64, t)], inbounds=True, source_etype=I64)
                 b.store(b.add(b.load(slot, typ=I64, align=8), b.sub(t1, t0)), slot, align=8)
-            case L.Block(body=inner):
+            case L.Block(body=inner, binds=bs):
+                self.scopes_i.append({n: self.iconst(k) for n, k in bs})
                 self.block(inner)
+                self.scopes_i.pop()
             case L.Comment():
                 pass
             case _:

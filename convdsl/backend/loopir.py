@@ -268,11 +268,11 @@ class Comment:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """A nested scope: its bindings end with it (:mod:`.unroll` makes one per unrolled iteration,
-    ``label`` saying which)."""
+    """A nested scope: its bindings end with it.  ``binds`` names constants for the body: the
+    unrolled loop variable of one iteration (:mod:`.unroll` makes one block per iteration)."""
 
     body: tuple["Stmt", ...]
-    label: str = ""
+    binds: tuple[tuple[str, int], ...] = ()
 
 
 Stmt = Union[For, LetIndex, DeclLocal, Assign, Store, Call, Comment, Block]
@@ -324,8 +324,8 @@ def map_indices(body: tuple["Stmt", ...], f: Callable[[Index], Index]) -> tuple[
                 out.append(Call(k, tuple(f(x) for x in args), t))
             case Comment():
                 out.append(s)
-            case Block(body=inner, label=lb):
-                out.append(Block(map_indices(inner, f), lb))
+            case Block(body=inner, binds=bs):
+                out.append(Block(map_indices(inner, f), bs))
             case _:
                 assert_never(s)
     return tuple(out)
@@ -547,8 +547,11 @@ def _verify_block(body: tuple[Stmt, ...], ints: set[str], locs: dict[str, int], 
                     _verify_index(a, ints, where)
                 if s.timer >= 0 and where != "entry":
                     raise VerifyError(f"{where}: timed call of {k} outside the entry")
-            case Block(body=inner):
-                _verify_block(inner, ints, locs, bufs, kernels, where)
+            case Block(body=inner, binds=bs):
+                for n, _ in bs:
+                    if n in ints:
+                        raise VerifyError(f"{where}: block binding {n!r} shadows a binding")
+                _verify_block(inner, ints | {n for n, _ in bs}, locs, bufs, kernels, where)
             case Comment():
                 pass
             case _:
@@ -630,8 +633,9 @@ def _format_block(body: tuple[Stmt, ...], indent: int, out: list[str]) -> None:
                 out.append(f"{pad}call {k}({', '.join(format_index(a) for a in args)}){timed}")
             case Comment(text=t):
                 out.append(f"{pad}# {t}")
-            case Block(body=inner, label=lb):
-                out.append(f"{pad}block{f' ({lb})' if lb else ''}:")
+            case Block(body=inner, binds=bs):
+                label = ", ".join(f"{n} = {k}" for n, k in bs)
+                out.append(f"{pad}block{f' ({label})' if label else ''}:")
                 _format_block(inner, indent + 1, out)
             case _:
                 assert_never(s)

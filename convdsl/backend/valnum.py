@@ -28,7 +28,9 @@ from typing import Union
 from . import loopir as L
 
 # a value number: ("c", constant), or ("v", k) for a name codegen gets from outside (a parameter,
-# a loop variable), or ("o", k) for the result of an operation
+# a loop variable), ("k", k) for the constant a block binds (an unrolled iteration's variable: a
+# constant for folding, but a value of its own for sharing, as codegen had it), or ("o", k) for the
+# result of an operation
 _VN = tuple[str, int]
 _Key = Union[str, tuple[str, _VN, _VN], tuple[str, _VN, int]]
 
@@ -40,6 +42,10 @@ class _Numbering:
         self.scopes: list[dict[_Key, _VN]] = [{p: ("v", next(self.ids)) for p in params}]
         self.canonical: dict[_VN, str] = {}  # the name of an operation's result
         self.dropped: set[str] = set()  # names of the input's own ILets (replaced by canonical ones)
+        self.kval: dict[_VN, int] = {}  # the constant of each ("k", _) value
+
+    def const(self, vn: _VN) -> int | None:
+        return vn[1] if vn[0] == "c" else self.kval.get(vn)
 
     def lookup(self, key: _Key) -> _VN | None:
         for sc in reversed(self.scopes):
@@ -55,26 +61,30 @@ class _Numbering:
             case L.IVar(name=n):
                 vn = self.lookup(n)
                 assert vn is not None, n
-                if vn[0] == "c":
-                    return vn, L.IConst(vn[1])
+                k = self.const(vn)
+                if k is not None:
+                    return vn, L.IConst(k)
                 return vn, (L.IVar(self.canonical[vn]) if n in self.dropped else e)
             case L.ILet(name=n, value=x):
                 vn, out = self.index(x)
                 self.scopes[-1][n] = vn
-                if vn[0] == "o":
-                    self.dropped.add(n)
+                if vn[0] != "o":  # (valnum never names anything else; kept as it is)
+                    return vn, L.ILet(n, out)
+                self.dropped.add(n)
                 return vn, out
             case L.IBin(op=op, a=a, b=b):
                 (va, xa), (vb, xb) = self.index(a), self.index(b)
-                if va[0] == "c" and vb[0] == "c" and op != "min":
-                    r = {"add": va[1] + vb[1], "sub": va[1] - vb[1], "mul": va[1] * vb[1]}[op]
+                ka, kb = self.const(va), self.const(vb)
+                if ka is not None and kb is not None and op != "min":
+                    r = {"add": ka + kb, "sub": ka - kb, "mul": ka * kb}[op]
                     return ("c", r), L.IConst(r)
                 key: _Key = (op, va, vb)
                 node: L.Index = L.IBin(op, xa, xb)
             case L.IDivC(a=a, c=c, mod=m):
                 va, xa = self.index(a)
-                if va[0] == "c":
-                    r = va[1] % c if m else va[1] // c
+                ka = self.const(va)
+                if ka is not None:
+                    r = ka % c if m else ka // c
                     return ("c", r), L.IConst(r)
                 key = ("urem" if m else "udiv", va, c)
                 node = L.IDivC(xa, c, m)
@@ -138,8 +148,12 @@ class _Numbering:
                     out.append(L.Call(k, tuple(self.index(a)[1] for a in args), t))
                 case L.Comment():
                     out.append(s)
-                case L.Block(body=inner, label=lb):
-                    out.append(L.Block(self.block(inner), lb))
+                case L.Block(body=inner, binds=bs):
+                    bind: dict[_Key, _VN] = {}
+                    for n, k in bs:
+                        vn = bind[n] = ("k", next(self.ids))
+                        self.kval[vn] = k
+                    out.append(L.Block(self.block(inner, bind), bs))
         self.scopes.pop()
         return tuple(out)
 
