@@ -37,6 +37,7 @@ from typing import NamedTuple, assert_never
 from . import loopir as L
 
 INF = float("inf")
+Num = float | Fraction  # a constant bound: exact (int, Fraction) where finite, else +-INF
 _MAX_CANDIDATES = 4  # bounds kept per direction (any subset of valid bounds is still valid)
 
 
@@ -54,7 +55,7 @@ class Affine(NamedTuple):
     def __neg__(self) -> "Affine":
         return self.scale(-1)
 
-    def __add__(self, other: "Affine") -> "Affine":
+    def __add__(self, other: "Affine") -> "Affine":  # type: ignore[override]  # (affine sum, not concatenation)
         if not other.terms:
             return Affine(self.const + other.const, self.terms)
         if not self.terms:
@@ -106,7 +107,7 @@ class _Env:
     """The symbols: their bounds by id, and what elimination has found (memo)."""
 
     symbols: list[_Symbol] = field(default_factory=list)
-    memo: dict[tuple[Affine, bool], float] = field(default_factory=dict)  # cleared when facts change
+    memo: dict[tuple[Affine, bool], Num] = field(default_factory=dict)  # cleared when facts change
     # bounds that hold only inside the loop that implies them (symbol -> (lows, ups)), see assume()
     extra: dict[int, tuple[list[Affine], list[Affine]]] = field(default_factory=dict)
 
@@ -114,7 +115,7 @@ class _Env:
         self.symbols.append(_Symbol(lows, ups))
         return Affine.of(len(self.symbols) - 1)
 
-    def bound(self, f: Affine, upper: bool, budget: list[int] | None = None) -> float:
+    def bound(self, f: Affine, upper: bool, budget: list[int] | None = None) -> Num:
         """The least upper (or greatest lower) constant bound of ``f`` that elimination finds."""
         if not f.terms:
             return f.const
@@ -130,7 +131,7 @@ class _Env:
         more = self.extra.get(sym)
         if more is not None:
             cands = [*cands, *(more[1] if (coef > 0) == upper else more[0])]
-        best = INF if upper else -INF
+        best: Num = INF if upper else -INF
         for c in cands:
             if budget[0] <= 0:
                 break
@@ -160,14 +161,14 @@ class _Env:
         (ups if upper else lows).remove(b)
         self.memo.clear()
 
-    def hi(self, r: Range) -> float:
+    def hi(self, r: Range) -> Num:
         return min((self.bound(u, True) for u in r.ups), default=INF)
 
-    def lo(self, r: Range) -> float:
+    def lo(self, r: Range) -> Num:
         return max((self.bound(x, False) for x in r.lows), default=-INF)
 
 
-def _const_range(lo: float, hi: float) -> Range:
+def _const_range(lo: Num, hi: Num) -> Range:
     """The integers in ``[lo, hi]`` (bounds may be fractions or infinite)."""
     return Range((Affine(math.ceil(lo)),) if lo != -INF else (), (Affine(math.floor(hi)),) if hi != INF else ())
 
@@ -183,12 +184,12 @@ class _Checker:
     kernels: dict[str, L.Kernel]
     extents: dict[str, Affine]  # buffer name -> its size in floats
     where: str = "entry"
-    entry_nt: dict[str, float] = field(default_factory=dict)  # largest nt the entry gives each kernel
+    entry_nt: dict[str, Num] = field(default_factory=dict)  # largest nt the entry gives each kernel
     # constant interval of each name's value, by the identity of its Range (kept alive here)
-    _ivals: dict[int, tuple[Range, float, float]] = field(default_factory=dict)
+    _ivals: dict[int, tuple[Range, Num, Num]] = field(default_factory=dict)
     _quotients: dict[tuple, Affine] = field(default_factory=dict)
 
-    def ival(self, e: L.Index, names: dict[str, Range]) -> tuple[float, float]:
+    def ival(self, e: L.Index, names: dict[str, Range]) -> tuple[Num, Num]:
         """A constant interval holding ``e``: plain interval arithmetic, the quick first try of
         :meth:`access` (enough for every access to a fixed-size buffer in the programs ``lower``
         makes; the caller's arrays, sized by the batch, need the affine bounds)."""
@@ -287,6 +288,8 @@ class _Checker:
                     if a_exact is not None:
                         self._quotients[key] = got
                 return Range.exact(got)
+            case L.IBin():
+                raise AssertionError(e.op)
             case L.ILet(name=n, value=a):
                 # (bound once: the name then means this value wherever it is used)
                 if n not in names:
@@ -410,7 +413,7 @@ def _exact(r: Range) -> Affine | None:
     return r.lows[0] if len(r.lows) == 1 and (r.ups is r.lows or r.ups == r.lows) else None
 
 
-def _constant(r: Range) -> int | None:
+def _constant(r: Range) -> int | Fraction | None:
     x = _exact(r)
     return x.const if x is not None and not x.terms else None
 

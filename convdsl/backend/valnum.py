@@ -142,18 +142,18 @@ class _Numbering:
                 case L.Assign(name=n, value=e):
                     out.append(L.Assign(n, self.value(e)))
                 case L.Store(buf=b, index=i, value=e, lanes=k):
-                    x = self.value(e)
-                    out.append(L.Store(b, self.index(i)[1], x, k))
+                    stored = self.value(e)  # (before the index, as codegen evaluates them)
+                    out.append(L.Store(b, self.index(i)[1], stored, k))
                 case L.Call(kernel=k, args=args, timer=t):
                     out.append(L.Call(k, tuple(self.index(a)[1] for a in args), t))
                 case L.Comment():
                     out.append(s)
                 case L.Block(body=inner, binds=bs):
-                    bind: dict[_Key, _VN] = {}
+                    consts: dict[_Key, _VN] = {}
                     for n, k in bs:
-                        vn = bind[n] = ("k", next(self.ids))
+                        vn = consts[n] = ("k", next(self.ids))
                         self.kval[vn] = k
-                    out.append(L.Block(self.block(inner, bind), bs))
+                    out.append(L.Block(self.block(inner, consts), bs))
         self.scopes.pop()
         return tuple(out)
 
