@@ -3,8 +3,10 @@
 Input: a verified program without unrolled loops (:mod:`.unroll` has run).  Output: the same
 program where
 
-* every index expression whose value is a constant is that constant (names bound to constants by
-  ``let`` included), so codegen folds nothing;
+* every operation on constants is folded, the constants an unrolled iteration's block binds
+  included (they are substituted where they meet another constant; elsewhere the name stays, and
+  codegen gives it the constant), and names ``let`` binds to constants become those constants, so
+  codegen folds nothing;
 * an operation on the same operand *values* as one computed earlier in the same block or an
   enclosing one is replaced by a name for that earlier result: its first computation becomes
   ``ILet(name, op)`` (``%1, %2, ...`` per kernel, or the ``let``'s own name when a ``let`` binds
@@ -61,9 +63,10 @@ class _Numbering:
             case L.IVar(name=n):
                 vn = self.lookup(n)
                 assert vn is not None, n
-                k = self.const(vn)
-                if k is not None:
-                    return vn, L.IConst(k)
+                if vn[0] == "c":
+                    return vn, L.IConst(vn[1])
+                # (a block's constant keeps its name where it is not folded: its value number
+                # differs from a literal's, and a second run must see that again -- idempotence)
                 return vn, (L.IVar(self.canonical[vn]) if n in self.dropped else e)
             case L.ILet(name=n, value=x):
                 vn, out = self.index(x)
