@@ -8,5 +8,5 @@ parser).  ``TEXT`` stages print as text; ``obj`` is machine code.
 
 from __future__ import annotations
 
-TEXT = ("ast", "model", "plan", "loops", "llvm", "asm")
+TEXT = ("ast", "model", "plan", "loops", "loops-final", "llvm", "asm")
 STAGES = TEXT + ("obj",)
