@@ -178,3 +178,12 @@ def test_driver_times_the_passes():
     cm = net((1, 6, 6), conv(4, 3), flatten(), dense(3)).bind({})
     stages = [s for s, _ in build(cm, Schedule.for_width(8), check_bounds=False).timings]
     assert stages[stages.index("unroll"):stages.index("codegen") + 1] == ["unroll", "valnum", "verify", "codegen"]
+
+
+def test_emit_shows_both_forms_of_the_loop_ir():
+    """``--emit loops`` stays the readable, lowered form; ``loops-final`` is what codegen translates."""
+    lowered = convdsl.emit("examples/lenet.conv", "loops", schedule=Schedule.for_width(8))
+    final = convdsl.emit("examples/lenet.conv", "loops-final", schedule=Schedule.for_width(8))
+    assert isinstance(lowered, str) and isinstance(final, str)
+    assert "unrolled" in lowered and ":=" not in lowered
+    assert "unrolled" not in final and "block (" in final and ":=" in final

@@ -438,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "loop IR, the optimised LLVM IR, assembly or an object file")
     k.add_argument("file", metavar="FILE.conv")
     k.add_argument("--emit", choices=stages.STAGES, required=True,
-                   help="what to write: a stage of the pipeline as text (ast, model, plan, loops, loops-final), the optimised "
-                   "LLVM IR (llvm), host assembly (asm) or an object file (obj)")
+                   help="what to write: a stage of the pipeline as text (ast, model, plan, loops, loops-final), "
+                   "the optimised LLVM IR (llvm), host assembly (asm) or an object file (obj)")
     k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj)")
     k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
     k.add_argument("--size", metavar="H=..,W=..", help="bind symbolic sizes (default: the smallest valid)")
