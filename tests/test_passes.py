@@ -59,9 +59,34 @@ def _ops(e: L.Index) -> int:
 
 def _indices(prog: L.Program) -> list[L.Index]:
     got: list[L.Index] = []
+
+    def note(e: L.Index) -> L.Index:
+        got.append(e)
+        return e
+
     for k in prog.kernels:
-        L.map_indices(k.body, lambda e: got.append(e) or e)
+        L.map_indices(k.body, note)
     return got
+
+
+def _body(s: L.Stmt) -> tuple[L.Stmt, ...]:
+    assert isinstance(s, (L.For, L.Block))
+    return s.body
+
+
+def _stores(prog: L.Program) -> list[L.Store]:
+    """The stores of the first kernel, in order, at any depth."""
+    out: list[L.Store] = []
+
+    def walk(body: tuple[L.Stmt, ...]) -> None:
+        for s in body:
+            if isinstance(s, L.Store):
+                out.append(s)
+            elif isinstance(s, (L.For, L.Block)):
+                walk(s.body)
+
+    walk(prog.kernels[0].body)
+    return out
 
 
 def test_unrolled_loop_becomes_its_iterations():
@@ -69,14 +94,19 @@ def test_unrolled_loop_becomes_its_iterations():
     verify(out)
     text = L.format_program(out)
     assert "unrolled" not in text
-    (k_loop,) = out.kernels[0].body[0].body
-    blocks = k_loop.body
-    assert [b.binds for b in blocks] == [(("j", 0),), (("j", 1),), (("j", 2),)]
-    assert all(isinstance(b, L.Block) and b.body == blocks[0].body for b in blocks)
+    (k_loop,) = _body(out.kernels[0].body[0])
+    blocks = _body(k_loop)
+    assert all(isinstance(b, L.Block) and b.body == _body(blocks[0]) for b in blocks)
+    assert [b.binds for b in blocks if isinstance(b, L.Block)] == [(("j", 0),), (("j", 1),), (("j", 2),)]
     # valnum's constant propagation folds the iteration's constant where it meets another
     final = valnum(out)
-    stores = [b.body[0] for b in final.kernels[0].body[0].body[0].body]
-    assert [s.value.a.index.value.b for s in stores] == [L.IConst(0), L.IConst(1), L.IConst(2)]
+    lasts = []
+    for st in _stores(final):  # output[(%k := ((i*12 + k*3) + c))] = ...: the folded c per iteration
+        assert isinstance(st.value, L.Bin) and isinstance(st.value.a, L.Load)
+        at = st.value.a.index
+        assert isinstance(at, L.ILet) and isinstance(at.value, L.IBin)
+        lasts.append(at.value.b)
+    assert lasts == [L.IConst(0), L.IConst(1), L.IConst(2)]
     assert "j" not in L.format_program(final).replace("block (j = ", "")
 
 
@@ -122,7 +152,7 @@ def test_value_numbering_respects_scopes():
 def test_a_let_names_the_value_it_binds():
     """``let a = i * 12`` makes a later ``i * 12`` the same value: it becomes ``a``."""
     out = valnum(_program((L.LetIndex("a", L.imul("i", N)), L.Store("output", L.imul("i", N), L.FConst(1.0)))))
-    store = out.kernels[0].body[0].body[1]
+    (store,) = _stores(out)
     assert store.index == L.IVar("a")
 
 
