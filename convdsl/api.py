@@ -464,7 +464,9 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
     ``stage`` is one of ``convdsl.core.stages.STAGES``, in pipeline order: ``ast`` (the syntax
     tree of the whole file, :func:`convdsl.frontend.ast.format_program`), ``model`` (the checked,
     flattened model, :func:`convdsl.core.model.format_model`), ``plan`` (the per-stage lowering
-    decisions, :func:`convdsl.backend.plan.format_plan`), ``loops`` (the loop IR), ``llvm``
+    decisions, :func:`convdsl.backend.plan.format_plan`), ``loops`` (the loop IR as lowered),
+    ``loops-final`` (the loop IR after the unroll and value-numbering passes: what codegen
+    translates, :func:`convdsl.backend.driver.passes`), ``llvm``
     (the optimised LLVM IR), ``asm`` (host assembly), all text, and ``obj`` (an ELF object for the
     host, bytes).  ``model`` picks the model (default: the only or last one); ``sizes`` binds
     symbolic sizes for the stages from ``loops`` on (default: the smallest valid); ``ast`` and
@@ -503,6 +505,11 @@ def emit(program: Program | str | os.PathLike, stage: str, *, model: str | None 
     compiled, _ = compile_code(program, m, sizes, schedule=schedule, cache=cache)
     if stage == "obj":
         return compiled.object_code()
+    if stage == "loops-final":
+        from .backend.driver import passes
+        from .backend.loopir import format_program
+
+        return format_program(passes(compiled.program))
     return {"loops": compiled.loops, "llvm": compiled.llvm_ir, "asm": compiled.asm}[stage]
 
 
@@ -510,7 +517,8 @@ def time_passes(program: Program | str | os.PathLike, *, model: str | None = Non
                 sizes: Mapping[str, int] | None = None,
                 schedule: Schedule | None = None) -> tuple[tuple[str, float], ...]:
     """How long each stage of the pipeline takes on ``program``: ``(stage, seconds)`` in pipeline
-    order (parse, check, bind, plan, lower+verify, codegen, llvm), as LLVM's ``-time-passes``.
+    order (parse, check, bind, plan, lower+verify, unroll, valnum, verify, codegen, llvm), as LLVM's
+    ``-time-passes``.
 
     The stages run once more from the program's text, the back end without the compile cache, so
     that every figure is a real run of its stage.  :func:`format_timings` prints them.

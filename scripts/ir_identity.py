@@ -27,16 +27,17 @@ from convdsl.backend.schedule import Schedule  # noqa: E402
 
 
 def _stages():
-    """(lower, codegen, format_program) wherever the back end keeps them."""
+    """(lower, codegen, format_program): codegen after the loop-IR passes (unroll, valnum), which
+    it no longer does itself; where the back end predates them, codegen alone."""
+    from convdsl.backend.codegen import codegen as translate
+    from convdsl.backend.loopir import format_program
+    from convdsl.backend.lower import lower
+
     try:
-        from convdsl.runtime.compiled.codegen import codegen
-        from convdsl.runtime.compiled.loopir import format_program
-        from convdsl.runtime.compiled.lower import lower
+        from convdsl.backend.driver import passes
     except ImportError:
-        from convdsl.backend.codegen import codegen
-        from convdsl.backend.loopir import format_program
-        from convdsl.backend.lower import lower
-    return lower, codegen, format_program
+        return lower, translate, format_program
+    return lower, (lambda prog: translate(passes(prog))), format_program
 
 
 SCHEDULES = {

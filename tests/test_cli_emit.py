@@ -113,7 +113,7 @@ def test_time_passes_lists_every_stage(capsys):
     code, out, err = cli(capsys, "compile", LENET, "--emit", "model", "--time-passes")
     assert code == 0 and out.startswith("model LeNet")
     stages = [line.split("%", 1)[1].strip() for line in err.splitlines() if "%" in line]
-    assert stages == ["parse", "check", "bind", "plan", "lower + verify", "codegen",
+    assert stages == ["parse", "check", "bind", "plan", "lower + verify", "unroll", "valnum", "verify", "codegen",
                       "llvm (optimise, object code, load)"]
     assert "total" in err.splitlines()[-1]
     timings = convdsl.time_passes(LENET)

@@ -37,8 +37,7 @@ from typing import NamedTuple, assert_never
 from . import loopir as L
 
 INF = float("inf")
-# a bound: exact (an integer or a fraction, so no rounding can make it unsound) or infinite
-Bound = int | Fraction | float
+Num = float | Fraction  # a constant bound: exact (int, Fraction) where finite, else +-INF
 _MAX_CANDIDATES = 4  # bounds kept per direction (any subset of valid bounds is still valid)
 
 
@@ -56,8 +55,7 @@ class Affine(NamedTuple):
     def __neg__(self) -> "Affine":
         return self.scale(-1)
 
-    # affine addition, not tuple concatenation: the override is deliberate
-    def __add__(self, other: "Affine") -> "Affine":  # type: ignore[override]
+    def __add__(self, other: "Affine") -> "Affine":  # type: ignore[override]  # (affine sum, not concatenation)
         if not other.terms:
             return Affine(self.const + other.const, self.terms)
         if not self.terms:
@@ -109,7 +107,7 @@ class _Env:
     """The symbols: their bounds by id, and what elimination has found (memo)."""
 
     symbols: list[_Symbol] = field(default_factory=list)
-    memo: dict[tuple[Affine, bool], Bound] = field(default_factory=dict)  # cleared when facts change
+    memo: dict[tuple[Affine, bool], Num] = field(default_factory=dict)  # cleared when facts change
     # bounds that hold only inside the loop that implies them (symbol -> (lows, ups)), see assume()
     extra: dict[int, tuple[list[Affine], list[Affine]]] = field(default_factory=dict)
 
@@ -117,7 +115,7 @@ class _Env:
         self.symbols.append(_Symbol(lows, ups))
         return Affine.of(len(self.symbols) - 1)
 
-    def bound(self, f: Affine, upper: bool, budget: list[int] | None = None) -> Bound:
+    def bound(self, f: Affine, upper: bool, budget: list[int] | None = None) -> Num:
         """The least upper (or greatest lower) constant bound of ``f`` that elimination finds."""
         if not f.terms:
             return f.const
@@ -133,7 +131,7 @@ class _Env:
         more = self.extra.get(sym)
         if more is not None:
             cands = [*cands, *(more[1] if (coef > 0) == upper else more[0])]
-        best: Bound = INF if upper else -INF
+        best: Num = INF if upper else -INF
         for c in cands:
             if budget[0] <= 0:
                 break
@@ -163,14 +161,14 @@ class _Env:
         (ups if upper else lows).remove(b)
         self.memo.clear()
 
-    def hi(self, r: Range) -> Bound:
+    def hi(self, r: Range) -> Num:
         return min((self.bound(u, True) for u in r.ups), default=INF)
 
-    def lo(self, r: Range) -> Bound:
+    def lo(self, r: Range) -> Num:
         return max((self.bound(x, False) for x in r.lows), default=-INF)
 
 
-def _const_range(lo: Bound, hi: Bound) -> Range:
+def _const_range(lo: Num, hi: Num) -> Range:
     """The integers in ``[lo, hi]`` (bounds may be fractions or infinite)."""
     return Range((Affine(math.ceil(lo)),) if lo != -INF else (), (Affine(math.floor(hi)),) if hi != INF else ())
 
@@ -186,12 +184,12 @@ class _Checker:
     kernels: dict[str, L.Kernel]
     extents: dict[str, Affine]  # buffer name -> its size in floats
     where: str = "entry"
-    entry_nt: dict[str, Bound] = field(default_factory=dict)  # largest nt the entry gives each kernel
+    entry_nt: dict[str, Num] = field(default_factory=dict)  # largest nt the entry gives each kernel
     # constant interval of each name's value, by the identity of its Range (kept alive here)
-    _ivals: dict[int, tuple[Range, Bound, Bound]] = field(default_factory=dict)
+    _ivals: dict[int, tuple[Range, Num, Num]] = field(default_factory=dict)
     _quotients: dict[tuple, Affine] = field(default_factory=dict)
 
-    def ival(self, e: L.Index, names: dict[str, Range]) -> tuple[Bound, Bound]:
+    def ival(self, e: L.Index, names: dict[str, Range]) -> tuple[Num, Num]:
         """A constant interval holding ``e``: plain interval arithmetic, the quick first try of
         :meth:`access` (enough for every access to a fixed-size buffer in the programs ``lower``
         makes; the caller's arrays, sized by the batch, need the affine bounds)."""
@@ -223,6 +221,8 @@ class _Checker:
                 if m:
                     return (lo, hi) if hi < c else (0, c - 1)
                 return lo // c, hi // c
+            case L.ILet(value=a):
+                return self.ival(a, names)
             case _:
                 assert_never(e)
 
@@ -232,35 +232,33 @@ class _Checker:
                 return Range.exact(Affine(v))
             case L.IVar(name=n):
                 return names[n]
-            case L.IBin(op=op, a=a, b=b):
-                # a nested match on the operator, so that the type checker sees it exhaustive
+            case L.IBin(op="add", a=a, b=b):
                 x, y = self.range(a, names), self.range(b, names)
-                match op:
-                    case "add":
-                        if x.lows is x.ups and y.lows is y.ups and len(x.ups) == len(y.ups) == 1:
-                            return Range.exact(x.ups[0] + y.ups[0])
-                        return Range(_cap([p + q for p in x.lows for q in y.lows]),
-                                     _cap([p + q for p in x.ups for q in y.ups]))
-                    case "sub":
-                        return Range(_cap([p - q for p in x.lows for q in y.ups]),
-                                     _cap([p - q for p in x.ups for q in y.lows]))
-                    case "min":
-                        lo = min(self.env.lo(x), self.env.lo(y))
-                        return Range(_const_range(lo, INF).lows, _cap([*x.ups, *y.ups]))
-                    case "mul":
-                        for p, q in ((x, y), (y, x)):
-                            k = _constant(p)
-                            if k is not None and q.lows is q.ups and len(q.ups) == 1:
-                                return Range.exact(q.ups[0].scale(k))
-                            if k is not None:
-                                return Range(_cap([u.scale(k) for u in q.lows]), _cap([u.scale(k) for u in q.ups])) \
-                                    if k >= 0 else Range(_cap([u.scale(k) for u in q.ups]), _cap([u.scale(k) for u in q.lows]))
-                        corners = [p * q for p in (self.env.lo(x), self.env.hi(x)) for q in (self.env.lo(y), self.env.hi(y))]
-                        if any(c != c or abs(c) == INF for c in corners):  # NaN from 0 * inf, or unbounded
-                            raise BoundsError(f"{self.where}: cannot bound the product {L.format_index(e)}")
-                        return _const_range(min(corners), max(corners))
-                    case _:
-                        assert_never(op)
+                if x.lows is x.ups and y.lows is y.ups and len(x.ups) == len(y.ups) == 1:
+                    return Range.exact(x.ups[0] + y.ups[0])
+                return Range(_cap([p + q for p in x.lows for q in y.lows]),
+                             _cap([p + q for p in x.ups for q in y.ups]))
+            case L.IBin(op="sub", a=a, b=b):
+                x, y = self.range(a, names), self.range(b, names)
+                return Range(_cap([p - q for p in x.lows for q in y.ups]),
+                             _cap([p - q for p in x.ups for q in y.lows]))
+            case L.IBin(op="min", a=a, b=b):
+                x, y = self.range(a, names), self.range(b, names)
+                lo = min(self.env.lo(x), self.env.lo(y))
+                return Range(_const_range(lo, INF).lows, _cap([*x.ups, *y.ups]))
+            case L.IBin(op="mul", a=a, b=b):
+                x, y = self.range(a, names), self.range(b, names)
+                for p, q in ((x, y), (y, x)):
+                    k = _constant(p)
+                    if k is not None and q.lows is q.ups and len(q.ups) == 1:
+                        return Range.exact(q.ups[0].scale(k))
+                    if k is not None:
+                        return Range(_cap([u.scale(k) for u in q.lows]), _cap([u.scale(k) for u in q.ups])) \
+                            if k >= 0 else Range(_cap([u.scale(k) for u in q.ups]), _cap([u.scale(k) for u in q.lows]))
+                corners = [p * q for p in (self.env.lo(x), self.env.hi(x)) for q in (self.env.lo(y), self.env.hi(y))]
+                if any(c != c or abs(c) == INF for c in corners):  # NaN from 0 * inf, or unbounded
+                    raise BoundsError(f"{self.where}: cannot bound the product {L.format_index(e)}")
+                return _const_range(min(corners), max(corners))
             case L.IDivC(a=a, c=c, mod=m):
                 x = self.range(a, names)
                 lo = self.env.lo(x)
@@ -290,11 +288,39 @@ class _Checker:
                     if a_exact is not None:
                         self._quotients[key] = got
                 return Range.exact(got)
+            case L.IBin():
+                raise AssertionError(e.op)
+            case L.ILet(name=n, value=a):
+                # (bound once: the name then means this value wherever it is used)
+                if n not in names:
+                    names[n] = self.bind(self.range(a, names))
+                return names[n]
+            case _:
+                assert_never(e)
+
+    def lets(self, e: L.Index, names: dict[str, Range]) -> None:
+        """Bind the names ``e``'s ``ILet``\\ s introduce (into the block's ``names``), in evaluation
+        order; one that cannot be bounded gets a symbol with no bounds (sound: nothing is assumed)."""
+        match e:
+            case L.IConst() | L.IVar():
+                pass
+            case L.IBin(a=a, b=b):
+                self.lets(a, names)
+                self.lets(b, names)
+            case L.IDivC(a=a):
+                self.lets(a, names)
+            case L.ILet(name=n, value=a):
+                self.lets(a, names)
+                try:
+                    self.range(e, names)
+                except BoundsError:
+                    names[n] = Range.exact(self.env.new([], []))
             case _:
                 assert_never(e)
 
     def access(self, kind: str, buf: str, index: L.Index, width: int, names: dict[str, Range]) -> None:
         size = self.extents[buf]
+        self.lets(index, names)
         if not size.terms:
             lo, hi = self.ival(index, names)
             if lo >= 0 and hi + width <= size.const:
@@ -311,7 +337,9 @@ class _Checker:
         match v:
             case L.Load(buf=b, index=i, width=w):
                 self.access("load", b, i, w, names)
-            case L.FConst() | L.Local() | L.ToFloat():
+            case L.ToFloat(index=i):
+                self.lets(i, names)
+            case L.FConst() | L.Local():
                 pass
             case L.Broadcast(value=x) | L.Unary(a=x) | L.Reduce(a=x):
                 self.value(x, names)
@@ -367,6 +395,8 @@ class _Checker:
                     if self.where == "entry" and len(ranges) >= 2:
                         self.entry_nt[k] = max(self.entry_nt.get(k, -INF), self.env.hi(ranges[1]))
                     self.call(self.kernels[k], ranges)
+                case L.Block(body=inner, binds=bs):
+                    self.block(inner, {**names, **{n: Range.exact(Affine(k)) for n, k in bs}}, locs)
                 case L.Comment():
                     pass
                 case _:

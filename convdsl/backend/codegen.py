@@ -1,6 +1,6 @@
 """Code generation: a verified loop-IR program becomes an ``llvmlite.ir.Module``.
 
-Precondition: ``backend.verify.verify(prog)`` passes.  Built with ``llvmlite.ir``
+Precondition: ``backend.verify.verify(prog)`` passes and no loop is marked ``unroll``.  Built with ``llvmlite.ir``
 builders only (the single textual piece is the rendering of string function
 attributes such as ``"prefer-vector-width"="256"``, which ``llvmlite.ir``
 does not model).
@@ -17,8 +17,9 @@ does not model).
   :func:`arrays_entry_name`); with profiling, timed calls add
   ``llvm.readcyclecounter`` deltas to int64 counters in scratch and
   ``<model>_cycles()`` reads the counter (to calibrate it);
-* integer index expressions are value-numbered per scope, so the IR handed
-  to LLVM stays small (compile time).
+* a one-to-one translator: one instruction (or fixed sequence) per loop-IR
+  node; unrolling (:mod:`.unroll`) and index value numbering (:mod:`.valnum`)
+  are loop-IR passes run before it (:mod:`.driver`).
 
 ``exp`` is computed in IR, for scalars and vectors alike: clamp ``x`` to
 ``[-87.33, 88.37]`` (so the result stays a normal float and saturates
@@ -77,7 +78,7 @@ class _FnAttrs(FunctionAttributes):
 def _walk(body: tuple[L.Stmt, ...]):
     for s in body:
         yield s
-        if isinstance(s, L.For):
+        if isinstance(s, (L.For, L.Block)):
             yield from _walk(s.body)
 
 
@@ -203,56 +204,34 @@ class _FnGen:
         return c
 
     def index(self, e: L.Index) -> ir.Value:
-        """``e`` as an ``i64``, by value numbering: an operation on the same operand values is
-        emitted once per scope and reused (keyed by the operands' identities, so no deep hashing).
-
-        Sound because no name is ever rebound while an earlier binding is live (the verifier
-        forbids shadowing; unrolled iterations bind their variable in a scope popped after each
-        iteration), and an entry lives in the innermost scope, popped no later than the values it
-        used.  It keeps the IR (and so the optimiser's work) small."""
-        op: str  # an IBin's op, or urem / udiv
+        """``e`` as an ``i64``: one instruction per operation node.  Sharing and constant folding
+        are done already (:mod:`.valnum`); an ``ILet`` names its value for the rest of the block."""
         match e:
             case L.IConst(value=v):
                 return self.iconst(v)
             case L.IVar(name=n):
                 return self.ivar(n)
+            case L.ILet(name=n, value=x):
+                v = self.scopes_i[-1][n] = self.index(x)
+                return v
             case L.IBin(op=op, a=x, b=y):
                 va, vb = self.index(x), self.index(y)
-                if isinstance(va, ir.Constant) and isinstance(vb, ir.Constant) and op != "min":
-                    pyop = {"add": int.__add__, "sub": int.__sub__, "mul": int.__mul__}[op]
-                    return self.iconst(pyop(va.constant, vb.constant))
-                key: tuple = (op, id(va), id(vb))
+                b = self.b
+                match op:
+                    case "add":
+                        return b.add(va, vb)
+                    case "sub":
+                        return b.sub(va, vb)
+                    case "mul":
+                        return b.mul(va, vb)
+                    case "min":
+                        return b.select(b.icmp_signed("<", va, vb), va, vb)
+                raise AssertionError(op)
             case L.IDivC(a=x, c=c, mod=m):
-                va = self.index(x)
-                if isinstance(va, ir.Constant):
-                    return self.iconst(va.constant % c if m else va.constant // c)
-                vb = self.iconst(c)
-                op = "urem" if m else "udiv"
-                key = (op, id(va), c)
+                va, vc = self.index(x), self.iconst(c)
+                return self.b.urem(va, vc) if m else self.b.udiv(va, vc)
             case _:
                 assert_never(e)
-        for sc in reversed(self.scopes_i):
-            v = sc.get(key)
-            if v is not None:
-                return v
-        b = self.b
-        match op:
-            case "add":
-                v = b.add(va, vb)
-            case "sub":
-                v = b.sub(va, vb)
-            case "mul":
-                v = b.mul(va, vb)
-            case "min":
-                v = b.select(b.icmp_signed("<", va, vb), va, vb)
-            case "urem":
-                v = b.urem(va, vb)
-            case "udiv":
-                v = b.udiv(va, vb)
-            case _:
-                raise AssertionError(op)
-        self.scopes_i[-1][key] = v  # type: ignore[index]
-        return v
 
     # -- float values
     def splat(self, x: ir.Value, width: int) -> ir.Value:
@@ -402,13 +381,8 @@ class _FnGen:
         b = self.b
         match s:
             case L.For(var=var, start=start, stop=stop, step=step, body=body, unroll=unroll):
-                if unroll:
-                    assert isinstance(start, L.IConst) and isinstance(stop, L.IConst)
-                    for k in range(start.value, stop.value, step):
-                        self.scopes_i.append({var: ir.Constant(I64, k)})
-                        self.block(body)
-                        self.scopes_i.pop()
-                    return
+                if unroll:  # (a translator does not transform: that is the unroll pass's job)
+                    raise ValueError(f"unrolled loop {var} reached codegen: run backend.unroll first")
                 lo, hi = self.index(start), self.index(stop)
                 self.loop_id += 1
                 pre = b.block
@@ -465,6 +439,10 @@ class _FnGen:
                 t1 = b.call(clock, [])
                 slot = b.gep(self.ptrs[L.PROFILE_BUFFER], [ir.Constant(I64, t)], inbounds=True, source_etype=I64)
                 b.store(b.add(b.load(slot, typ=I64, align=8), b.sub(t1, t0)), slot, align=8)
+            case L.Block(body=inner, binds=bs):
+                self.scopes_i.append({n: self.iconst(k) for n, k in bs})
+                self.block(inner)
+                self.scopes_i.pop()
             case L.Comment():
                 pass
             case _:

@@ -1,4 +1,5 @@
-"""The back-end pipeline, written once: plan -> lower -> codegen -> LLVM, through the cache.
+"""The back-end pipeline, written once: plan -> lower -> unroll -> valnum -> verify -> codegen -> LLVM,
+through the cache.
 
 ``build(cm, schedule)`` is what the API, the runtime and the cache all go
 through; ``build_object(cm, schedule, target)`` is the same pipeline ending in
@@ -14,9 +15,11 @@ Looking inside while compiling:
   :func:`format_timings`, as LLVM's ``-time-passes``);
 * ``CONVDSL_CHECK_BOUNDS=1`` compiles every load and store checked against
   its buffer (a trap that names the kernel and buffer), for debugging;
-* ``CONVDSL_DUMP=plan,loops,llvm`` writes those stages of every model compiled
+* ``CONVDSL_DUMP=plan,loops,loops-final,llvm`` writes those stages of every model compiled
   to ``CONVDSL_DUMP_DIR`` (default ``./convdsl-dump``), one file per stage,
-  named by model and cache key (``llvm`` is the optimised IR).
+  named by model and cache key (``loops`` is the loop IR as lowered, the
+  readable one; ``loops-final`` the loop IR after the passes, what codegen
+  translates; ``llvm`` is the optimised IR).
 """
 
 from __future__ import annotations
@@ -38,9 +41,26 @@ from .jit import JitModule, NativeObject, Target
 from .loopir import format_program
 from .lower import Lowered, emit
 from .plan import format_plan, plan
+from . import loopir as L
 from .schedule import Schedule
+from .unroll import unroll
+from .valnum import valnum
+from .verify import verify
 
-DUMP_STAGES = ("plan", "loops", "llvm")
+DUMP_STAGES = ("plan", "loops", "loops-final", "llvm")
+
+
+def passes(prog: L.Program, lap: Callable[[str], None] | None = None) -> L.Program:
+    """The loop-IR passes between lowering and codegen: unroll, value-number, verify again (the
+    passes' output is what codegen assumes verified).  ``lap`` is told when each stage ends."""
+    done = lap or (lambda stage: None)
+    prog = unroll(prog)
+    done("unroll")
+    prog = valnum(prog)
+    done("valnum")
+    verify(prog)
+    done("verify")
+    return prog
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +92,7 @@ def build(cm: ConcreteModel, schedule: Schedule, source: str | None = None,
     if jit is not None:
         lap("cache load")
     else:
-        module = codegen(lowered.program, check_bounds)
+        module = codegen(passes(lowered.program, lap), check_bounds)
         lap("codegen")
         jit = JitModule(module)
         lap("llvm (optimise, object code, load)")
@@ -120,7 +140,7 @@ def build_object(cm: ConcreteModel, schedule: Schedule, target: Target,
     module codegen made (the C library's entry points) before it is optimised."""
     lap = _Laps()
     lowered = _lowered(cm, schedule, lap)
-    module = codegen(lowered.program)
+    module = codegen(passes(lowered.program, lap))
     if extend is not None:
         extend(module, lowered)
     lap("codegen")
@@ -147,7 +167,8 @@ def _dump(cm: ConcreteModel, schedule: Schedule, lowered: Lowered, jit: JitModul
     where = Path(os.environ.get("CONVDSL_DUMP_DIR") or "convdsl-dump")
     where.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha256(f"{cm!r} {schedule!r}".encode()).hexdigest()[:10]
-    texts = {"loops": lambda: format_program(lowered.program), "llvm": lambda: jit.llvm_ir}
+    texts = {"loops": lambda: format_program(lowered.program), "llvm": lambda: jit.llvm_ir,
+             "loops-final": lambda: format_program(passes(lowered.program))}
     made = lowered.plan
     if made is not None:
         texts["plan"] = lambda: format_plan(made)

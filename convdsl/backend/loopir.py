@@ -20,7 +20,7 @@ vector widths; ``format_program`` prints it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union, assert_never
+from typing import Callable, Literal, Union, assert_never
 
 # ----------------------------------------------------------------------------- index expressions
 
@@ -51,7 +51,17 @@ class IDivC:
     mod: bool = False
 
 
-Index = Union[IConst, IVar, IBin, IDivC]
+@dataclass(frozen=True, slots=True)
+class ILet:
+    """``value``, also bound to ``name`` for the rest of the innermost enclosing block, from the
+    point where it is evaluated (:mod:`.valnum` makes shared index expressions explicit with it).
+    Evaluation order is codegen's: a store's value before its index, operands left to right."""
+
+    name: str
+    value: "Index"
+
+
+Index = Union[IConst, IVar, IBin, IDivC, ILet]
 
 
 def ix(v: "Index | int | str") -> Index:
@@ -195,7 +205,7 @@ Value = Union[FConst, Load, Broadcast, Local, FMA, Bin, Unary, ToFloat, SelectLa
 
 @dataclass(frozen=True, slots=True)
 class For:
-    """``for var in range(start, stop, step)``; ``unroll`` asks codegen to expand it (constant bounds)."""
+    """``for var in range(start, stop, step)``; ``unroll`` asks :mod:`.unroll` to expand it (constant bounds)."""
 
     var: str
     start: Index
@@ -256,7 +266,69 @@ class Comment:
     text: str
 
 
-Stmt = Union[For, LetIndex, DeclLocal, Assign, Store, Call, Comment]
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A nested scope: its bindings end with it.  ``binds`` names constants for the body: the
+    unrolled loop variable of one iteration (:mod:`.unroll` makes one block per iteration)."""
+
+    body: tuple["Stmt", ...]
+    binds: tuple[tuple[str, int], ...] = ()
+
+
+Stmt = Union[For, LetIndex, DeclLocal, Assign, Store, Call, Comment, Block]
+
+
+def map_indices(body: tuple["Stmt", ...], f: Callable[[Index], Index]) -> tuple["Stmt", ...]:
+    """``body`` with ``f`` applied to every index expression, in evaluation order (a store's value
+    before its index)."""
+
+    def val(v: Value) -> Value:
+        match v:
+            case FConst() | Local():
+                return v
+            case Load(buf=b, index=i, width=w):
+                return Load(b, f(i), w)
+            case Broadcast(value=x, width=w):
+                return Broadcast(val(x), w)
+            case FMA(a=a, b=b, c=c):
+                return FMA(val(a), val(b), val(c))
+            case Bin(op=op, a=a, b=b):
+                return Bin(op, val(a), val(b))
+            case Unary(op=op, a=a):
+                return Unary(op, val(a))
+            case ToFloat(index=i, width=w):
+                return ToFloat(f(i), w)
+            case SelectLanes(n_valid=k, a=a, b=b):
+                return SelectLanes(k, val(a), val(b))
+            case Reduce(op=op, a=a):
+                return Reduce(op, val(a))
+            case _:
+                assert_never(v)
+
+    out: list[Stmt] = []
+    for s in body:
+        match s:
+            case For(var=v, start=a, stop=b, step=st, body=inner, unroll=u):
+                a = f(a)
+                out.append(For(v, a, f(b), st, map_indices(inner, f), u))
+            case LetIndex(name=n, value=e):
+                out.append(LetIndex(n, f(e)))
+            case DeclLocal(name=n, width=w, init=e):
+                out.append(DeclLocal(n, w, val(e)))
+            case Assign(name=n, value=e):
+                out.append(Assign(n, val(e)))
+            case Store(buf=b, index=i, value=e, lanes=k):
+                e = val(e)
+                out.append(Store(b, f(i), e, k))
+            case Call(kernel=k, args=args, timer=t):
+                out.append(Call(k, tuple(f(x) for x in args), t))
+            case Comment():
+                out.append(s)
+            case Block(body=inner, binds=bs):
+                out.append(Block(map_indices(inner, f), bs))
+            case _:
+                assert_never(s)
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- containers
@@ -351,7 +423,7 @@ def check_structure(prog: Program) -> None:
 def _walk(body: tuple[Stmt, ...]):
     for s in body:
         yield s
-        if isinstance(s, For):
+        if isinstance(s, (For, Block)):
             yield from _walk(s.body)
 
 
@@ -369,6 +441,11 @@ def _verify_index(e: Index, ints: set[str], where: str) -> None:
             if c <= 0:
                 raise VerifyError(f"{where}: division by {c}")
             _verify_index(a, ints, where)
+        case ILet(name=n, value=a):
+            _verify_index(a, ints, where)
+            if n in ints:
+                raise VerifyError(f"{where}: {n!r} rebound")
+            ints.add(n)  # (the enclosing block's set: visible from here to the block's end)
         case _:
             assert_never(e)
 
@@ -455,8 +532,9 @@ def _verify_block(body: tuple[Stmt, ...], ints: set[str], locs: dict[str, int], 
             case Store(buf=b, index=i, value=e, lanes=k):
                 if b not in bufs:
                     raise VerifyError(f"{where}: store to buffer {b!r} not passed to the kernel")
+                we = _width(e, ints, locs, bufs, where)  # (the value is evaluated before the index)
                 _verify_index(i, ints, where)
-                if not 0 <= k <= _width(e, ints, locs, bufs, where):
+                if not 0 <= k <= we:
                     raise VerifyError(f"{where}: store of {k} lanes of a narrower value")
             case Call(kernel=k, args=args):
                 if k not in kernels:
@@ -469,6 +547,11 @@ def _verify_block(body: tuple[Stmt, ...], ints: set[str], locs: dict[str, int], 
                     _verify_index(a, ints, where)
                 if s.timer >= 0 and where != "entry":
                     raise VerifyError(f"{where}: timed call of {k} outside the entry")
+            case Block(body=inner, binds=bs):
+                for n, _ in bs:
+                    if n in ints:
+                        raise VerifyError(f"{where}: block binding {n!r} shadows a binding")
+                _verify_block(inner, ints | {n for n, _ in bs}, locs, bufs, kernels, where)
             case Comment():
                 pass
             case _:
@@ -491,6 +574,8 @@ def format_index(e: Index) -> str:
             return f"({format_index(a)} {sym} {format_index(b)})"
         case IDivC(a=a, c=c, mod=m):
             return f"({format_index(a)} {'%' if m else '//'} {c})"
+        case ILet(name=n, value=a):
+            return f"({n} := {format_index(a)})"
         case _:
             assert_never(e)
 
@@ -548,6 +633,10 @@ def _format_block(body: tuple[Stmt, ...], indent: int, out: list[str]) -> None:
                 out.append(f"{pad}call {k}({', '.join(format_index(a) for a in args)}){timed}")
             case Comment(text=t):
                 out.append(f"{pad}# {t}")
+            case Block(body=inner, binds=bs):
+                label = ", ".join(f"{n} = {k}" for n, k in bs)
+                out.append(f"{pad}block{f' ({label})' if label else ''}:")
+                _format_block(inner, indent + 1, out)
             case _:
                 assert_never(s)
 

@@ -483,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "loop IR, the optimised LLVM IR, assembly or an object file")
     k.add_argument("file", metavar="FILE.conv")
     k.add_argument("--emit", choices=(*stages.STAGES, stages.LIB), required=True,
-                   help="what to write: a stage of the pipeline as text (ast, model, plan, loops), the optimised "
-                   "LLVM IR (llvm), assembly (asm) or an object file (obj) for the host or --cpu, or a C library "
-                   "with its weights inside (lib: OUT.so, OUT.o, OUT.h)")
+                   help="what to write: a stage of the pipeline as text (ast, model, plan, loops, loops-final), "
+                   "the optimised LLVM IR (llvm), assembly (asm) or an object file (obj) for the host or --cpu, or "
+                   "a C library with its weights inside (lib: OUT.so, OUT.o, OUT.h)")
     k.add_argument("-o", dest="output", metavar="OUT", help="output file (default: stdout; FILE.o for obj; "
                    "FILE.so, FILE.o, FILE.h for lib)")
     k.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
