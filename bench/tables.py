@@ -59,37 +59,49 @@ def engine_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def versus_table(reports: list[dict], other: str) -> str:
-    lines = [f"| model | batch | threads | convdsl | {TITLES[other]} | convdsl vs {TITLES[other]} |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+def versus_table(reports: list[dict], others: list[str]) -> str:
+    """convdsl against each engine of ``others`` over several reports, with convdsl's share of the FMA
+    peak at each thread count (where the report has one)."""
+    heads = " | ".join(TITLES[o] for o in others)
+    vs = " | ".join(f"convdsl vs {TITLES[o]}" for o in others)
+    lines = [f"| model | batch | threads | convdsl | {heads} | {vs} | convdsl % of FMA peak |",
+             "| --- | ---: | ---: | ---: | " + "---: | " * (2 * len(others)) + "---: |"]
     for report in reports:
         m = re.search(r"shape \[B, ([^\]]*)\]", str(report.get("input", "")))
         shape = m.group(1).replace(", ", "×") if m else ""
         first = True
         for batch, threads in configs(report):
-            conv, comp = result(report, "convdsl", batch, threads), result(report, other, batch, threads)
-            if conv is None or comp is None:
+            conv = result(report, "convdsl", batch, threads)
+            comps = [result(report, o, batch, threads) for o in others]
+            if conv is None:
                 continue
             name = f"{report['model']}, {shape}" if first else ""
             first = False
-            lines.append(f"| {name} | {batch} | {threads} | {fmt_time(conv['median_s'])} | "
-                         f"{fmt_time(comp['median_s'])} | {comp['median_s'] / conv['median_s']:.2f}× |")
+            pct = conv.get("pct_fma_peak")
+            # (an engine the run skipped or could not build shows as a dash, its row kept)
+            times = " | ".join(fmt_time(c["median_s"]) if c else "–" for c in comps)
+            ratios = " | ".join(f"{c['median_s'] / conv['median_s']:.2f}×" if c else "–" for c in comps)
+            lines.append(f"| {name} | {batch} | {threads} | {fmt_time(conv['median_s'])} | {times} | {ratios} | "
+                         + (f"{pct:.0f}% |" if pct is not None else "– |"))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+")
-    ap.add_argument("--versus", metavar="ENGINE", help="one table of convdsl against ENGINE over all files")
+    ap.add_argument("--versus", metavar="ENGINE[,ENGINE..]",
+                    help="one table of convdsl against these engines over all files")
     args = ap.parse_args(argv)
-    if args.versus and args.versus not in TITLES:
-        ap.error(f"--versus: unknown engine {args.versus!r} (known: {', '.join(TITLES)})")
+    others = [e for e in (args.versus or "").split(",") if e]
+    for e in others:
+        if e not in TITLES:
+            ap.error(f"--versus: unknown engine {e!r} (known: {', '.join(TITLES)})")
     reports = []
     for f in args.files:
         with open(f) as fh:
             reports.append(json.load(fh))
-    if args.versus:
-        print(versus_table(reports, args.versus))
+    if others:
+        print(versus_table(reports, others))
     else:
         print("\n\n".join(engine_table(r) for r in reports))
     return 0

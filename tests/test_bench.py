@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx  # noqa: E402  (the test extra installs onnx, onnxruntime and torch: no skipping)
@@ -256,3 +257,28 @@ def test_threads_beyond_the_cap_are_clamped_not_a_hang():
 def test_threads_below_one_is_a_usage_error(capsys):
     code, _, err = _cli(capsys, "bench", str(EXAMPLES / "lenet.conv"), "--threads", "0")
     assert code == 2 and "--threads" in err
+
+
+def test_versus_table_over_several_engines():
+    """bench/tables.py --versus A,B: one row per configuration convdsl ran, each engine's time and
+    convdsl's ratio to it, a dash where an engine is missing (old reports have no PyTorch rows)."""
+    import subprocess
+
+    root = EXAMPLES.parent
+    saved = [str(root / "bench" / "results" / f"{m}.json") for m in ("lenet", "alexnet")]
+    r = subprocess.run([sys.executable, str(root / "bench" / "tables.py"), "--versus", "onnxruntime,torch", *saved],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].count("|") == 10 and "convdsl vs ONNX Runtime" in lines[0] and "convdsl vs PyTorch" in lines[0]
+    rows = [ln for ln in lines[2:] if ln.startswith("|")]
+    lenet = json.loads(Path(saved[0]).read_text())
+    alex = json.loads(Path(saved[1]).read_text())
+    n = sum(1 for rep in (lenet, alex) for x in rep["results"] if x["engine"] == "convdsl")
+    assert len(rows) == n
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 9 and cells[6].endswith("×")
+    bad = subprocess.run([sys.executable, str(root / "bench" / "tables.py"), "--versus", "tvm", saved[0]],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown engine 'tvm'" in bad.stderr
