@@ -231,3 +231,22 @@ def test_an_empty_size_fixed_by_where_is_reported_at_the_layer_that_makes_it():
     assert _errors(src) == [(2, 5, "conv1's height H - 2 is 0 for H = 2, which the where clause allows")]
     two = src.replace("where H == 2", "where H == 3, W == 2").replace("kernel=(3, 1)", "kernel=(2, 3)")
     assert _errors(two) == [(2, 5, "conv1's width W - 2 is 0 for W = 2, which the where clause allows")]
+
+
+def test_a_layer_valid_only_past_64_bit_sizes_says_where_the_search_stopped():
+    """stride 10^12 then maxpool(999999999994): valid only for H, W of about 10^24, past what 64-bit
+    generated code can index; the error says the sizes were searched up to 2^63 - 1, not that no
+    size exists at all (the fuzzer's huge-divisor input, answered in 0.3 s and 25 MB)."""
+    src = ("model M(x: [N, 1, H, W]) -> [N, 2] {\n"
+           "    conv(2, kernel=1, stride=1000000000000)\n"
+           "    maxpool(999999999994)\n"
+           "    flatten\n"
+           "}\n")
+    errors = _errors(src)
+    (pool,) = [e for e in errors if e[0] == 3]
+    assert pool[1] == 5 and pool[2].startswith(
+        "maxpool1 has an empty output for every input size up to 2^63 - 1, the largest the generated code "
+        "can index (height (H + 999999999999) // 999999999994000000000000)"), pool
+    # a stride of 10^9 leaves valid sizes below the limit: then the sizes are found, not refused
+    ok = src.replace("1000000000000", "1000000000").replace("999999999994", "1000000000")
+    assert not [e for e in _errors(ok) if "empty output" in e[2]]

@@ -112,8 +112,10 @@ def valid_for(rep: Reporter, m: ast.Model, layers: list[Layer], domain: sy.Domai
         # find the first layer that can never be >= 1
         for d, ly, axis in conds:
             if sy.minimal_values([d], domain, list(symbols)) is None:
-                rep.err("size", f"{ly.name} has an empty output for every input size "
-                        f"({axis_name(ly.out_shape, axis)} {sy.to_str(d)})", ly.span, None)
+                # (the search stops where 64-bit generated code stops: say so, the size may exist beyond)
+                rep.err("size", f"{ly.name} has an empty output for every input size up to 2^63 - 1, the "
+                        f"largest the generated code can index ({axis_name(ly.out_shape, axis)} "
+                        f"{sy.to_str(d)})", ly.span, None)
                 return None
         rep.err("size", f"model '{m.name}' has no valid input size", m.span, None)
         return None
