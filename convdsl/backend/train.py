@@ -30,6 +30,7 @@ the gradients are summed in image order, deterministically), then applies PyTorc
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from math import prod
 from typing import Literal, Sequence
@@ -430,9 +431,13 @@ class TrainBuild:
     entry: str
 
 
-def build_training(cm: ConcreteModel, schedule: Schedule) -> TrainBuild:
-    """Plan, lower, verify (structure and bounds), run the loop-IR passes, codegen and JIT."""
+def build_training(cm: ConcreteModel, schedule: Schedule, check_bounds: bool | None = None) -> TrainBuild:
+    """Plan, lower, verify (structure and bounds), run the loop-IR passes, codegen and JIT.
+    ``check_bounds`` (default: ``CONVDSL_CHECK_BOUNDS=1``, as for forward builds) compiles every
+    access checked at run time too.  Not cached yet: a step compiles in well under a second."""
+    if check_bounds is None:
+        check_bounds = os.environ.get("CONVDSL_CHECK_BOUNDS", "") not in ("", "0")
     lowered = lower_training(plan_training(cm, schedule))
     verify(lowered.program)
-    jit = JitModule(codegen(passes(lowered.program)))
+    jit = JitModule(codegen(passes(lowered.program), check_bounds))
     return TrainBuild(lowered, jit, entry_name(lowered.program))
