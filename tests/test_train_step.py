@@ -2,13 +2,16 @@
 numpy references (tests/reference_grad.py, tests/reference_optim.py) and PyTorch.
 
 Random dense / activation stacks drawn with hypothesis (1-3 dense layers, widths 1-40, batches of
-1-17, with or without a flatten in front and a softmax at the end, both vector widths): the loss
+1-17 in batch tiles of 1, 3 or 64, with or without a flatten in front and a softmax at the end,
+both vector widths): the loss
 and every parameter's gradient against the float64 reference and ``torch.autograd``; K SGD steps
 with momentum and weight decay against ``torch.optim.SGD``; the first layer the step cannot train
 named in its error.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,7 +58,9 @@ def heads(draw):
         layers.append(softmax())
     cm = net(in_shape, *layers).bind({})
     batch = draw(st.integers(1, 17))
-    return cm, batch, draw(st.sampled_from(BOTH)), draw(st.integers(0, 2**31 - 1))
+    # (a batch tile of 1 or 3 images runs several tiles and a partial last one; 64, the default, one)
+    schedule = replace(Schedule.for_width(draw(st.sampled_from(BOTH))), dense_tile=draw(st.sampled_from([1, 3, 64])))
+    return cm, batch, schedule, draw(st.integers(0, 2**31 - 1))
 
 
 def _data(cm, batch, seed):
@@ -86,12 +91,12 @@ def torch_loss(cm, params, x, labels):
     return F.cross_entropy(y, torch.as_tensor(labels))
 
 
-@settings(max_examples=100, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(heads())
 def test_gradients_match_reference_and_autograd(case):
-    cm, batch, width, seed = case
+    cm, batch, schedule, seed = case
     weights, x, labels = _data(cm, batch, seed)
-    step = TrainingStep(cm, weights, lr=0.1, schedule=Schedule.for_width(width))
+    step = TrainingStep(cm, weights, lr=0.1, schedule=schedule)
     loss, grads = step.gradients(x, labels)
     ref_loss, ref_grads = network_backward(cm, weights, x, labels)
     params = {k: torch.tensor(v.astype(np.float64), requires_grad=True) for k, v in weights.items()}
@@ -108,14 +113,14 @@ def test_gradients_match_reference_and_autograd(case):
         np.testing.assert_array_equal(w, weights[name])
 
 
-@pytest.mark.parametrize("width", BOTH)
-def test_sgd_steps_match_torch_optim(width):
+@pytest.mark.parametrize("width, tile", [(8, 4), (16, 64)])
+def test_sgd_steps_match_torch_optim(width, tile):
     cm = net((2, 3, 3), flatten(), dense(23), act("tanh"), dense(17), act("relu"), dense(5), softmax()).bind({})
     K, lr, mu, wd = 3, 0.1, 0.9, 1e-2
     weights, _, _ = _data(cm, 1, 7)
     rng = np.random.default_rng(8)
     batches = [(rng.standard_normal((b, 2, 3, 3)).astype(np.float32), rng.integers(0, 5, b)) for b in (9, 16, 3)]
-    step = TrainingStep(cm, weights, lr=lr, momentum=mu, weight_decay=wd, schedule=Schedule.for_width(width))
+    step = TrainingStep(cm, weights, lr=lr, momentum=mu, weight_decay=wd, schedule=replace(Schedule.for_width(width), dense_tile=tile))
     params = {k: torch.tensor(v, requires_grad=True) for k, v in weights.items()}
     opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=mu, weight_decay=wd)
     ref, ref_w = SGD(momentum=mu, weight_decay=wd), {k: v.astype(np.float64) for k, v in weights.items()}
@@ -163,5 +168,5 @@ def test_plan_and_loops_print_every_stage():
     assert phases == ["forward"] * 3 + ["loss"] + ["backward"] * 4 + ["update"] * 4
     assert "dense input gradient" in text and "sigmoid gradient" in text and "mean loss @" in text
     loops = format_program(lower_training(tp).program)
-    assert "kernel image(img, n" not in loops  # (buffers first, then the parameters)
-    assert "kernel image(" in loops and "log(esum)" in loops and "kernel sgd(" in loops
+    assert "batch tile 64" in text
+    assert "kernel tile(" in loops and "log(esum)" in loops and "kernel sgd(" in loops

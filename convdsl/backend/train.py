@@ -19,11 +19,12 @@ n)`` so codegen, the verifier and the JIT are shared unchanged:
   gradients and their momentum buffers (PyTorch layouts: ``weight[out, in]``, ``bias[out]``), then
   the hyper-parameters ``lr, momentum, weight_decay`` (read at run time, so a schedule can change
   the rate without recompiling) and the batch's mean loss;
-* ``scratch``: one image's activations and their gradients.
+* ``scratch``: one batch tile's activations and their gradients.
 
-Single-threaded: the entry zeroes the gradients, runs forward + loss + backward image by image
-(each image adding its share to the weight gradients, so scratch does not grow with the batch and
-the gradients are summed in image order, deterministically), then applies PyTorch's SGD rule
+Single-threaded: the entry zeroes the gradients, runs forward + loss + backward tile by tile of
+images (``TrainPlan.batch_tile``; each tile adding its share to the weight gradients, so scratch
+does not grow with the batch, and the gradients are summed in image order, deterministically),
+then applies PyTorch's SGD rule
 ``g = grad + wd p; b = mu b + g; p -= lr b`` (the momentum buffers start at zero, so the first
 ``b`` is ``g`` exactly, as PyTorch's ``b = g``).
 """
@@ -33,7 +34,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from math import prod
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from ..core.model import ConcreteModel
 from ..core.ops import Activation, Dense, Flatten, Softmax
@@ -124,6 +125,9 @@ class TrainPlan:
     stages: tuple[TrainStage, ...]
     hyper_offset: int  # lr, momentum, weight_decay, then the mean loss
     state_size: int  # floats in the state arena
+    # images per pass through the layers: each weight row (and weight-gradient vector, held in a
+    # register) serves the whole tile, so weights stream once per tile rather than once per image
+    batch_tile: int
 
     @property
     def loss_offset(self) -> int:
@@ -185,8 +189,10 @@ def plan_training(cm: ConcreteModel, schedule: Schedule) -> TrainPlan:
                                   f"d{info.dst}, v{info.dst}", f"d{info.src}", (info.size,)))
     upd = [TrainStage(p.name, "update", "sgd (momentum, weight decay)", "map", f"{p.name}.grad", p.name, p.shape)
            for p in params]
+    image_bytes = 2 * 4 * sum(values)  # (every value slot and its gradient)
+    tile = max(1, min(schedule.dense_tile, schedule.scratch_budget // image_bytes))
     return TrainPlan(cm.model.name, schedule.vector_width, values[0], values[last], tuple(values), tuple(infos),
-                     tuple(params), tuple(fwd + [loss] + bwd + upd), offset, offset + len(HYPER) + 1)
+                     tuple(params), tuple(fwd + [loss] + bwd + upd), offset, offset + len(HYPER) + 1, tile)
 
 
 def _needs_input_grad(infos: Sequence[_DenseInfo | _ActInfo], info: _DenseInfo | _ActInfo) -> bool:
@@ -196,7 +202,7 @@ def _needs_input_grad(infos: Sequence[_DenseInfo | _ActInfo], info: _DenseInfo |
 
 def format_train_plan(tp: TrainPlan) -> str:
     out = [f"training step {tp.model}  (vector width {tp.vector_width}, {tp.features} features, "
-           f"{tp.classes} classes, state {tp.state_size} floats)"]
+           f"{tp.classes} classes, batch tile {tp.batch_tile}, state {tp.state_size} floats)"]
     out.append("  values: " + ", ".join(f"v{k}[{n}]" for k, n in enumerate(tp.values)))
     for s in tp.stages:
         size = "x".join(map(str, s.size))
@@ -273,7 +279,7 @@ def _bcast(x: L.Value, w: int) -> L.Value:
 def lower_training(tp: TrainPlan) -> TrainLowered:
     """The loop-IR program of ``tp`` (see the module's docstring for its buffers)."""
     e = _Emit(tp.vector_width)
-    F, C = tp.features, tp.classes
+    F, C, T = tp.features, tp.classes, tp.batch_tile
     last = len(tp.values) - 1
     bufs: list[L.Buffer] = [L.Buffer("input", "input", F + C), L.Buffer("output", "output", 1)]
     for p in tp.params:
@@ -281,19 +287,15 @@ def lower_training(tp: TrainPlan) -> TrainLowered:
             bufs.append(L.Buffer(p.name + role, "weights", p.size, off))
     bufs.append(L.Buffer("hyper", "weights", len(HYPER) + 1, tp.hyper_offset))
     scratch = 0
-    # (a slot per value and one for its gradient; loads are unaligned, so no padding)
-    slots = sorted({k for info in tp.layers for k in (info.src, info.dst)} | {0, last})
-    for k in slots:
-        bufs.append(L.Buffer(_v(k), "scratch", tp.values[k], scratch))
-        scratch += tp.values[k]
-        bufs.append(L.Buffer(_d(k), "scratch", tp.values[k], scratch))
-        scratch += tp.values[k]
+    # (per slot a tile of values and one of their gradients, image-major; loads are unaligned, so
+    # no padding)
+    for k in sorted({k for info in tp.layers for k in (info.src, info.dst)} | {0, last}):
+        for name in (_v(k), _d(k)):
+            bufs.append(L.Buffer(name, "scratch", T * tp.values[k], scratch))
+            scratch += T * tp.values[k]
     bufs.append(L.Buffer("lossacc", "scratch", 1, scratch))
     scratch += 1
     names = tuple(b.name for b in bufs)
-
-    def ld(buf: str, base: L.Index | int = 0):
-        return lambda i, w: L.Load(buf, L.iadd(base, i), w)
 
     # -- zero the gradients and the loss sum
     zero: list[L.Stmt] = [L.Comment("gradients of this batch start at zero")]
@@ -301,35 +303,40 @@ def lower_training(tp: TrainPlan) -> TrainLowered:
         zero += e.map(p.size, lambda i, w, p=p: [L.Store(p.name + ".grad", i, L.FConst(0.0, w))])
     zero.append(L.Store("lossacc", L.IConst(0), L.FConst(0.0)))
 
-    # -- one image: forward, loss, backward
-    img, n = L.IVar("img"), L.IVar("n")
-    row = L.imul(img, F + C)
-    body: list[L.Stmt] = [L.Comment("the image into v0")]
-    body += e.map(F, lambda i, w: [L.Store(_v(0), i, L.Load("input", L.iadd(row, i), w))])
+    # -- one tile of images [n0, n0 + nt): forward, loss, backward
+    n0, nt, n = L.IVar("n0"), L.IVar("nt"), L.IVar("n")
+
+    def per_image(stem: str, body: Callable[[L.Index], list[L.Stmt]]) -> L.Stmt:
+        t = e.fresh(stem)
+        return L.For(t, L.IConst(0), nt, 1, tuple(body(L.IVar(t))))
+
+    body: list[L.Stmt] = [L.Comment("the tile's images into v0")]
+    body.append(per_image("t", lambda t: e.map(F, lambda i, w: [
+        L.Store(_v(0), L.iadd(L.imul(t, F), i), L.Load("input", L.iadd(L.imul(L.iadd(n0, t), F + C), i), w))])))
     for info in tp.layers:
         if isinstance(info, _DenseInfo):
-            body.append(L.Comment(f"{info.layer}: forward (dot)"))
-            o = e.fresh("o")
-            s = e.fresh("s")
-            wrow = L.imul(L.IVar(o), info.fin)
-            inner = e.dot(info.fin, lambda i, w, wrow=wrow, info=info: L.Load(info.weight.name, L.iadd(wrow, i), w),
-                          ld(_v(info.src)), s)
-            res: L.Value = L.Local(s)
-            if info.bias is not None:
-                res = L.Bin("add", res, L.Load(info.bias.name, L.IVar(o)))
-            body.append(L.For(o, L.IConst(0), L.IConst(info.fout), 1, (*inner, L.Store(_v(info.dst), L.IVar(o), res))))
+            body.append(L.Comment(f"{info.layer}: forward (dot; a weight row serves the whole tile)"))
+            body.append(_dense_forward(e, info, per_image))
         else:
             body.append(L.Comment(f"{info.layer}: forward ({info.kind})"))
-            body += e.map(info.size, lambda i, w, info=info: [
-                L.Store(_v(info.dst), i, L.Unary(info.kind, L.Load(_v(info.src), i, w)))])
-    body += _loss(e, last, C, row, F, img, n)
+
+            def act(t: L.Index, info: _ActInfo = info) -> list[L.Stmt]:
+                return e.map(info.size, lambda i, w: [L.Store(_v(info.dst), L.iadd(L.imul(t, info.size), i), L.Unary(
+                    info.kind, L.Load(_v(info.src), L.iadd(L.imul(t, info.size), i), w)))])
+            body.append(per_image("t", act))
+    body.append(per_image("t", lambda t: _loss(last, C, F, t, L.iadd(n0, t), n)))
     for info in reversed(tp.layers):
         if isinstance(info, _DenseInfo):
-            body += _dense_backward(e, info, _needs_input_grad(tp.layers, info))
+            body += _dense_backward(e, info, _needs_input_grad(tp.layers, info), per_image, nt)
         elif _needs_input_grad(tp.layers, info):
             body.append(L.Comment(f"{info.layer}: backward ({info.kind})"))
-            body += e.map(info.size, lambda i, w, info=info: [
-                L.Store(_d(info.src), i, _act_grad(info.kind, L.Load(_d(info.dst), i, w), L.Load(_v(info.dst), i, w), w))])
+
+            def act_back(t: L.Index, info: _ActInfo = info) -> list[L.Stmt]:
+                def at(i: L.Index) -> L.Index:
+                    return L.iadd(L.imul(t, info.size), i)
+                return e.map(info.size, lambda i, w: [L.Store(_d(info.src), at(i), _act_grad(
+                    info.kind, L.Load(_d(info.dst), at(i), w), L.Load(_v(info.dst), at(i), w), w))])
+            body.append(per_image("t", act_back))
 
     # -- the update
     def hyper(k: int, w: int) -> L.Value:
@@ -347,13 +354,16 @@ def lower_training(tp: TrainPlan) -> TrainLowered:
     upd.append(L.Store("hyper", L.IConst(len(HYPER)), L.Bin("div", L.Load("lossacc", L.IConst(0)), L.ToFloat(n))))
 
     kernels = (L.Kernel("zero_grads", names, (), tuple(zero)),
-               L.Kernel("image", names, ("img", "n"), tuple(body)),
+               L.Kernel("tile", names, ("n0", "nt", "n"), tuple(body)),
                L.Kernel("sgd", names, ("n",), tuple(upd)))
     entry = (L.Call("zero_grads", ()),
-             L.For("img", L.IConst(0), L.IVar("n"), 1, (L.Call("image", (L.IVar("img"), L.IVar("n"))),)),
-             L.Call("sgd", (L.IVar("n"),)))
+             L.For("b0", L.IConst(0), n, T, (L.Call("tile", (L.IVar("b0"), L.imin(T, L.isub(n, L.IVar("b0"))), n)),)),
+             L.Call("sgd", (n,)))
     prog = L.Program(f"{tp.model}_train", tp.vector_width, tuple(bufs), kernels, entry, tp.state_size, scratch)
     return TrainLowered(tp, prog)
+
+
+PerImage = Callable[[str, Callable[[L.Index], list[L.Stmt]]], L.Stmt]
 
 
 def _act_grad(kind: ActKind, dy: L.Value, y: L.Value, w: int) -> L.Value:
@@ -369,56 +379,91 @@ def _act_grad(kind: ActKind, dy: L.Value, y: L.Value, w: int) -> L.Value:
     raise AssertionError(kind)
 
 
-def _loss(e: _Emit, last: int, C: int, row: L.Index, F: int, img: L.Index, n: L.Index) -> list[L.Stmt]:
-    """Softmax + cross-entropy of one image, scalar (a handful of classes): its loss into the
-    output and the batch's sum, ``(softmax(z) - onehot) / n`` into the logits' gradient."""
+def _loss(last: int, C: int, F: int, t: L.Index, image: L.Index, n: L.Index) -> list[L.Stmt]:
+    """Softmax + cross-entropy of image ``t`` of the tile (``image`` of the batch), scalar (a
+    handful of classes): its loss into the output and the batch's sum, ``(softmax(z) - onehot) / n``
+    into the logits' gradient."""
     z, dz = _v(last), _d(last)
+    base = L.imul(t, C)
+    row = L.iadd(L.imul(image, F + C), F)
 
-    def y(j: L.Index) -> L.Value:
-        return L.Load("input", L.iadd(row, F, j))
+    def at(j: str) -> L.Index:
+        return L.iadd(base, L.IVar(j))
+
+    def y(j: str) -> L.Value:
+        return L.Load("input", L.iadd(row, L.IVar(j)))
     out: list[L.Stmt] = [L.Comment("loss: softmax + cross-entropy, the shift by the max keeps exp finite"),
-                         L.DeclLocal("zmax", 1, L.Load(z, L.IConst(0)))]
+                         L.DeclLocal("zmax", 1, L.Load(z, base))]
     if C > 1:
         out.append(L.For("lj", L.IConst(1), L.IConst(C), 1,
-                         (L.Assign("zmax", L.Bin("max", L.Local("zmax"), L.Load(z, L.IVar("lj")))),)))
+                         (L.Assign("zmax", L.Bin("max", L.Local("zmax"), L.Load(z, at("lj")))),)))
     out += [L.DeclLocal("esum", 1, L.FConst(0.0)), L.DeclLocal("zy", 1, L.FConst(0.0)),
             L.For("le", L.IConst(0), L.IConst(C), 1, (
-                L.Store(dz, L.IVar("le"), L.Unary("exp", L.Bin("sub", L.Load(z, L.IVar("le")), L.Local("zmax")))),
-                L.Assign("esum", L.Bin("add", L.Local("esum"), L.Load(dz, L.IVar("le")))),
-                L.Assign("zy", L.FMA(y(L.IVar("le")), L.Load(z, L.IVar("le")), L.Local("zy"))))),
+                L.Store(dz, at("le"), L.Unary("exp", L.Bin("sub", L.Load(z, at("le")), L.Local("zmax")))),
+                L.Assign("esum", L.Bin("add", L.Local("esum"), L.Load(dz, at("le")))),
+                L.Assign("zy", L.FMA(y("le"), L.Load(z, at("le")), L.Local("zy"))))),
             L.DeclLocal("li", 1, L.Bin("sub", L.Bin("add", L.Local("zmax"), L.Unary("log", L.Local("esum"))),
                                        L.Local("zy"))),
-            L.Store("output", img, L.Local("li")),
+            L.Store("output", image, L.Local("li")),
             L.Store("lossacc", L.IConst(0), L.Bin("add", L.Load("lossacc", L.IConst(0)), L.Local("li"))),
             L.DeclLocal("nf", 1, L.ToFloat(n)),
             L.For("lg", L.IConst(0), L.IConst(C), 1, (
-                L.Store(dz, L.IVar("lg"), L.Bin("div", L.Bin("sub", L.Bin("div", L.Load(dz, L.IVar("lg")), L.Local("esum")),
-                                                                y(L.IVar("lg"))), L.Local("nf"))),))]
+                L.Store(dz, at("lg"), L.Bin("div", L.Bin("sub", L.Bin("div", L.Load(dz, at("lg")), L.Local("esum")),
+                                                         y("lg")), L.Local("nf"))),))]
     return out
 
 
-def _dense_backward(e: _Emit, info: _DenseInfo, input_grad: bool) -> list[L.Stmt]:
-    dy, x, W = _d(info.dst), _v(info.src), info.weight.name
-    out: list[L.Stmt] = [L.Comment(f"{info.layer}: backward (outer: weight gradient += dy x^T)")]
-    if info.bias is not None:
-        gb = info.bias.name + ".grad"
-        out += e.map(info.fout, lambda i, w: [L.Store(gb, i, L.Bin("add", L.Load(gb, i, w), L.Load(dy, i, w)))])
+def _dense_forward(e: _Emit, info: _DenseInfo, per_image: PerImage) -> L.Stmt:
     o = e.fresh("o")
     wrow = L.imul(L.IVar(o), info.fin)
+
+    def image(t: L.Index) -> list[L.Stmt]:
+        s = e.fresh("s")
+        xrow = L.imul(t, info.fin)
+        res: L.Value = L.Local(s)
+        if info.bias is not None:
+            res = L.Bin("add", res, L.Load(info.bias.name, L.IVar(o)))
+        return [*e.dot(info.fin, lambda i, w: L.Load(info.weight.name, L.iadd(wrow, i), w),
+                       lambda i, w: L.Load(_v(info.src), L.iadd(xrow, i), w), s),
+                L.Store(_v(info.dst), L.iadd(L.imul(t, info.fout), L.IVar(o)), res)]
+    return L.For(o, L.IConst(0), L.IConst(info.fout), 1, (per_image("t", image),))
+
+
+def _dense_backward(e: _Emit, info: _DenseInfo, input_grad: bool, per_image: PerImage, nt: L.Index) -> list[L.Stmt]:
+    dy, x, W = _d(info.dst), _v(info.src), info.weight.name
+    I, O = info.fin, info.fout
+    out: list[L.Stmt] = [L.Comment(f"{info.layer}: backward (outer: the weight gradient += dy^T x over the "
+                                   "tile, kept in a register across its images)")]
+    if info.bias is not None:
+        gb = info.bias.name + ".grad"
+        out.append(per_image("t", lambda t: e.map(O, lambda i, w: [
+            L.Store(gb, i, L.Bin("add", L.Load(gb, i, w), L.Load(dy, L.iadd(L.imul(t, O), i), w)))])))
+    o = e.fresh("o")
+    wrow = L.imul(L.IVar(o), I)
     g = W + ".grad"
-    out.append(L.For(o, L.IConst(0), L.IConst(info.fout), 1, tuple(e.map(info.fin, lambda i, w: [
-        L.Store(g, L.iadd(wrow, i), L.FMA(_bcast(L.Load(dy, L.IVar(o)), w), L.Load(x, i, w),
-                                          L.Load(g, L.iadd(wrow, i), w)))]))))
+
+    def cell(i: L.Index, w: int) -> list[L.Stmt]:
+        acc, t = e.fresh("g"), e.fresh("t")
+        return [L.DeclLocal(acc, w, L.Load(g, L.iadd(wrow, i), w)),
+                L.For(t, L.IConst(0), nt, 1, (L.Assign(acc, L.FMA(
+                    _bcast(L.Load(dy, L.iadd(L.imul(L.IVar(t), O), L.IVar(o))), w),
+                    L.Load(x, L.iadd(L.imul(L.IVar(t), I), i), w), L.Local(acc))),)),
+                L.Store(g, L.iadd(wrow, i), L.Local(acc))]
+    out.append(L.For(o, L.IConst(0), L.IConst(O), 1, tuple(e.map(I, cell))))
     if input_grad:
         dx = _d(info.src)
         out.append(L.Comment(f"{info.layer}: backward (axpy: dx = sum over outputs of dy[o] W[o, :])"))
-        out += e.map(info.fin, lambda i, w: [L.Store(dx, i, L.FConst(0.0, w))])
-        o2 = e.fresh("o")
-        wrow2 = L.imul(L.IVar(o2), info.fin)
-        out.append(L.For(o2, L.IConst(0), L.IConst(info.fout), 1, tuple(e.map(info.fin, lambda i, w: [
-            L.Store(dx, i, L.FMA(_bcast(L.Load(dy, L.IVar(o2)), w), L.Load(W, L.iadd(wrow2, i), w),
-                                 L.Load(dx, i, w)))]))))
+
+        def image(t: L.Index) -> list[L.Stmt]:
+            xrow, o2 = L.imul(t, I), e.fresh("o")
+            return [*e.map(I, lambda i, w: [L.Store(dx, L.iadd(xrow, i), L.FConst(0.0, w))]),
+                    L.For(o2, L.IConst(0), L.IConst(O), 1, tuple(e.map(I, lambda i, w: [
+                        L.Store(dx, L.iadd(xrow, i), L.FMA(_bcast(L.Load(dy, L.iadd(L.imul(t, O), L.IVar(o2))), w),
+                                                           L.Load(W, L.iadd(L.imul(L.IVar(o2), I), i), w),
+                                                           L.Load(dx, L.iadd(xrow, i), w)))])))]
+        out.append(per_image("t", image))
     return out
+
 
 
 # ----------------------------------------------------------------------------- build
