@@ -113,6 +113,20 @@ def test_gradients_match_reference_and_autograd(case):
         np.testing.assert_array_equal(w, weights[name])
 
 
+@pytest.mark.parametrize("width", BOTH)
+def test_wide_layers_use_every_accumulator_path(width):
+    """Widths past 4 vectors of 16 (the blocks of independent accumulators), a vector remainder
+    and a scalar tail at both widths; 21 images in tiles of 8."""
+    cm = net((3, 10, 10), flatten(), dense(77), act("relu"), dense(10)).bind({})
+    weights, x, labels = _data(cm, 21, 3)
+    step = TrainingStep(cm, weights, lr=0.1, schedule=replace(Schedule.for_width(width), dense_tile=8))
+    loss, grads = step.gradients(x, labels)
+    ref_loss, ref_grads = network_backward(cm, weights, x, labels)
+    close(loss, ref_loss, "loss")
+    for name in ref_grads:
+        close(grads[name], ref_grads[name], name)
+
+
 @pytest.mark.parametrize("width, tile", [(8, 4), (16, 64)])
 def test_sgd_steps_match_torch_optim(width, tile):
     cm = net((2, 3, 3), flatten(), dense(23), act("tanh"), dense(17), act("relu"), dense(5), softmax()).bind({})

@@ -47,6 +47,7 @@ from .verify import verify
 
 ActKind = Literal["relu", "sigmoid", "tanh"]
 HYPER = ("lr", "momentum", "weight_decay")
+CHAINS = 4  # independent accumulators of a dot product or a weight-gradient block
 
 
 class TrainingError(ValueError):
@@ -245,23 +246,42 @@ class _Emit:
             out.append(L.For(v, L.IConst(main), L.IConst(n), 1, tuple(body(L.IVar(v), 1))))
         return out
 
-    def dot(self, n: int, a, b, into: str) -> list[L.Stmt]:
-        """A scalar local ``into`` = ``sum_i a(i, w) * b(i, w)`` over ``0..n``."""
-        main = (n // self.w) * self.w if self.w > 1 else 0
+    def blocks(self, n: int, body: Callable[[list[L.Index], int], list[L.Stmt]]) -> list[L.Stmt]:
+        """``body(starts, width)`` over ``0..n``: blocks of :data:`CHAINS` vectors (independent
+        FMA chains, so a loop-carried accumulator does not wait on the FMA latency), then single
+        vectors, then scalars."""
+        w = self.w
+        block = CHAINS * w if w > 1 else 0
+        main4 = (n // block) * block if block else 0
+        main = (n // w) * w if w > 1 else 0
         out: list[L.Stmt] = []
-        if main:
-            acc, v = self.fresh("acc"), self.fresh("i")
-            out.append(L.DeclLocal(acc, self.w, L.FConst(0.0, self.w)))
-            out.append(L.For(v, L.IConst(0), L.IConst(main), self.w,
-                             (L.Assign(acc, L.FMA(a(L.IVar(v), self.w), b(L.IVar(v), self.w), L.Local(acc))),)))
-            out.append(L.DeclLocal(into, 1, L.Reduce("add", L.Local(acc))))
-        else:
-            out.append(L.DeclLocal(into, 1, L.FConst(0.0)))
-        if main < n:
-            v = self.fresh("t")
-            out.append(L.For(v, L.IConst(main), L.IConst(n), 1,
-                             (L.Assign(into, L.FMA(a(L.IVar(v), 1), b(L.IVar(v), 1), L.Local(into))),)))
+        for lo, hi, step, k, wd in ((0, main4, block, CHAINS, w), (main4, main, w, 1, w), (main, n, 1, 1, 1)):
+            if lo < hi:
+                v = self.fresh("i")
+                starts = [L.iadd(L.IVar(v), j * wd) for j in range(k)]
+                out.append(L.For(v, L.IConst(lo), L.IConst(hi), step, tuple(body(starts, wd))))
         return out
+
+    def dot(self, n: int, a, b, into: str) -> list[L.Stmt]:
+        """A scalar local ``into`` = ``sum_i a(i, w) * b(i, w)`` over ``0..n`` (in :data:`CHAINS`
+        vector accumulators, then one scalar)."""
+        w = self.w
+        accs = [self.fresh("acc") for _ in range(CHAINS)] if w > 1 else []
+        out: list[L.Stmt] = [L.DeclLocal(acc, w, L.FConst(0.0, w)) for acc in accs]
+        out.append(L.DeclLocal(into, 1, L.FConst(0.0)))
+
+        def step(starts: list[L.Index], wd: int) -> list[L.Stmt]:
+            names = accs if wd > 1 else [into]
+            return [L.Assign(acc, L.FMA(a(i, wd), b(i, wd), L.Local(acc))) for acc, i in zip(names, starts)]
+        loops = self.blocks(n, step)
+        scalar = [s for s in loops if isinstance(s, L.For) and s.step == 1]
+        out += [s for s in loops if s not in scalar]
+        if accs:
+            total: L.Value = L.Local(accs[0])
+            for acc in accs[1:]:
+                total = L.Bin("add", total, L.Local(acc))
+            out.append(L.Assign(into, L.Reduce("add", total)))
+        return out + scalar
 
 
 def _v(k: int) -> str:
@@ -442,14 +462,15 @@ def _dense_backward(e: _Emit, info: _DenseInfo, input_grad: bool, per_image: Per
     wrow = L.imul(L.IVar(o), I)
     g = W + ".grad"
 
-    def cell(i: L.Index, w: int) -> list[L.Stmt]:
-        acc, t = e.fresh("g"), e.fresh("t")
-        return [L.DeclLocal(acc, w, L.Load(g, L.iadd(wrow, i), w)),
-                L.For(t, L.IConst(0), nt, 1, (L.Assign(acc, L.FMA(
-                    _bcast(L.Load(dy, L.iadd(L.imul(L.IVar(t), O), L.IVar(o))), w),
-                    L.Load(x, L.iadd(L.imul(L.IVar(t), I), i), w), L.Local(acc))),)),
-                L.Store(g, L.iadd(wrow, i), L.Local(acc))]
-    out.append(L.For(o, L.IConst(0), L.IConst(O), 1, tuple(e.map(I, cell))))
+    def cell(starts: list[L.Index], w: int) -> list[L.Stmt]:
+        accs, t = [e.fresh("g") for _ in starts], e.fresh("t")
+        dyt = _bcast(L.Load(dy, L.iadd(L.imul(L.IVar(t), O), L.IVar(o))), w)
+        return [*(L.DeclLocal(acc, w, L.Load(g, L.iadd(wrow, i), w)) for acc, i in zip(accs, starts)),
+                L.For(t, L.IConst(0), nt, 1, tuple(
+                    L.Assign(acc, L.FMA(dyt, L.Load(x, L.iadd(L.imul(L.IVar(t), I), i), w), L.Local(acc)))
+                    for acc, i in zip(accs, starts))),
+                *(L.Store(g, L.iadd(wrow, i), L.Local(acc)) for acc, i in zip(accs, starts))]
+    out.append(L.For(o, L.IConst(0), L.IConst(O), 1, tuple(e.blocks(I, cell))))
     if input_grad:
         dx = _d(info.src)
         out.append(L.Comment(f"{info.layer}: backward (axpy: dx = sum over outputs of dy[o] W[o, :])"))
