@@ -24,9 +24,10 @@ from reference_grad import network_backward
 from reference_optim import SGD
 from widths import BOTH
 
-from convdsl.backend.loopir import format_program
+from convdsl.backend.loopir import VerifyError, format_program
 from convdsl.backend.schedule import Schedule
 from convdsl.backend.train import TrainingError, format_train_plan, lower_training, plan_training
+from convdsl.backend.verify import verify
 from convdsl.core.ops import Activation, Dense, Flatten, Softmax
 from convdsl.runtime.errors import BoundaryError
 from convdsl.runtime.training import TrainingStep
@@ -184,3 +185,14 @@ def test_plan_and_loops_print_every_stage():
     loops = format_program(lower_training(tp).program)
     assert "batch tile 64" in text
     assert "kernel tile(" in loops and "log(esum)" in loops and "kernel sgd(" in loops
+
+
+def test_verifier_proves_the_training_program_in_bounds():
+    """The bounds proof is not vacuous for the training kernels: a value slot one float short
+    (the last image of a tile would write past it) is rejected."""
+    cm = net((6,), dense(5), act("tanh"), dense(3)).bind({})
+    prog = lower_training(plan_training(cm, replace(Schedule.for_width(8), dense_tile=4))).program
+    verify(prog)
+    short = tuple(replace(b, size=b.size - 1) if b.name == "v2" else b for b in prog.buffers)
+    with pytest.raises(VerifyError, match="v2"):
+        verify(replace(prog, buffers=short))
