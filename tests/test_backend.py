@@ -600,6 +600,17 @@ def test_exp_accuracy(width):
     assert rel.max() < 3e-7, rel.max()
 
 
+@pytest.mark.parametrize("width", [1, *BOTH])
+def test_log_and_step(width):
+    """The training step's two ops: ``log`` (the loss's log-sum-exp) and ``step`` (relu's
+    derivative: 0 at 0 and below, as PyTorch's, and 0 for NaN)."""
+    x = np.concatenate([np.array([1e-30, 1e-3, 1.0, 3e38], np.float32), np.linspace(0.01, 1e4, 4093, dtype=np.float32)])
+    np.testing.assert_allclose(_run_unary("log", x.copy(), width), np.log(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    s = np.array([-np.inf, -1.0, -1e-45, -0.0, 0.0, 1e-45, 2.0, np.inf, np.nan] * 3, np.float32)
+    want = np.array([0, 0, 0, 0, 0, 1, 1, 1, 0] * 3, np.float32)
+    np.testing.assert_array_equal(_run_unary("step", s.copy(), width), want)
+
+
 @pytest.mark.parametrize("op", ["sigmoid", "tanh", "relu"])
 def test_activation_saturation(op):
     x = np.concatenate([np.array([-1e30, -1000, -100, -88, -30, 30, 88, 100, 1000, 1e30, 0.0], np.float32),

@@ -345,6 +345,10 @@ class _FnGen:
                     case "tanh":
                         t = self.exp(b.fmul(va, self.const(2.0, w)))
                         return b.fdiv(b.fsub(t, one), b.fadd(t, one))
+                    case "log":  # (once per image in the loss: the intrinsic's libm call is cheap enough)
+                        return b.call(self.intrinsic("llvm.log", w), [va])
+                    case "step":  # (ordered: NaN gives 0, as PyTorch's ``y > 0`` mask)
+                        return b.select(b.fcmp_ordered(">", va, self.const(0.0, w)), one, self.const(0.0, w))
                 raise AssertionError(op)
             case L.ToFloat(index=i, width=w):
                 return self.splat(b.sitofp(self.index(i), F32), w)

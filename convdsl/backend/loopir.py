@@ -166,9 +166,11 @@ class Bin:
 
 @dataclass(frozen=True, slots=True)
 class Unary:
-    """Elementwise math; ``exp`` is the vectorised polynomial from ``codegen``."""
+    """Elementwise math; ``exp`` is the vectorised polynomial from ``codegen``.  ``log`` (the
+    loss's log-sum-exp) and ``step`` (``1.0`` where ``a > 0``, else ``0.0``: relu's derivative,
+    PyTorch's choice of 0 at 0) serve the backward pass (:mod:`.train`)."""
 
-    op: Literal["exp", "relu", "sigmoid", "tanh"]
+    op: Literal["exp", "relu", "sigmoid", "tanh", "log", "step"]
     a: "Value"
 
 
