@@ -601,6 +601,17 @@ def library_sizes(model: CheckedModel, sizes: Mapping[str, int] | None = None, o
     return env
 
 
+def _weights_note(net: "Network") -> str:
+    """The weights' origin for the header's comment: a file by its base name (a shipped header
+    should not carry the builder's paths), and never a ``*/`` or control character that would end
+    or break the C comment."""
+    text = net.weights_description
+    if os.path.sep in text and os.path.exists(text):
+        text = os.path.basename(text)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text.replace("*/", "* /")
+
+
 def library_paths(out: str | os.PathLike) -> tuple[str, str, str]:
     """``OUT.so``, ``OUT.o``, ``OUT.h`` for ``out`` (an ``out`` ending in one of those extensions
     names the same three files)."""
@@ -645,9 +656,18 @@ def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike
     arrays = net.weights(env)  # (checked against the model here, before anything is compiled)
     names = clib.Names(m.name)
     so, obj, hdr = library_paths(out)
+    if not os.path.basename(os.fspath(out)) or os.fspath(out).endswith(os.sep):
+        raise LibraryError(f"{os.fspath(out)!r} names a directory, not the library: give OUT (OUT.so, OUT.o "
+                           f"and OUT.h are written)")
     folder = os.path.dirname(os.path.abspath(so))
     if not os.path.isdir(folder):
         raise LibraryError(f"cannot write {so}: no directory {folder}")
+    # every destination checked before anything is built, so that no rename can fail half-way
+    for dst in (so, obj, hdr):
+        if os.path.isdir(dst):
+            raise LibraryError(f"cannot write {dst}: it is a directory")
+        if os.path.exists(dst) and not os.access(dst, os.W_OK) and not os.access(folder, os.W_OK):
+            raise LibraryError(f"cannot write {dst}: permission denied")
     try:
         clib.c_compiler()  # (before the compile, which would be thrown away without one)
     except clib.LinkError as e:
@@ -662,7 +682,7 @@ def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike
     lowered = built.lowered
     fixed = ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
     about = (f"Model {m.name} of {os.path.basename(net.program.file)}{f' ({fixed})' if fixed else ''}, "
-             f"for CPU {tgt.cpu} ({tgt.vector_width}-lane vectors); weights: {net.weights_description}.")
+             f"for CPU {tgt.cpu} ({tgt.vector_width}-lane vectors); weights: {_weights_note(net)}.")
     try:
         tmp = tempfile.mkdtemp(dir=folder, prefix=".convdsl-lib-")
     except OSError as e:
@@ -674,12 +694,14 @@ def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike
         with open(t_hdr, "w") as ft:
             ft.write(clib.header(names, lowered, about))
         clib.link_shared(t_obj, t_so)
+        dst = so
         for src, dst in ((t_obj, obj), (t_hdr, hdr), (t_so, so)):
             os.replace(src, dst)
     except clib.LinkError as e:
         raise LibraryError(str(e)) from None
     except OSError as e:
-        raise LibraryError(f"cannot write {e.filename or so}: {e.strerror}") from None
+        # (the temporary's name means nothing to the caller: name the destination)
+        raise LibraryError(f"cannot write {dst}: {e.strerror}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Library(so, obj, hdr, m.name, names.run, names.workspace_size, names.exported, lowered.input_shape,

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 import sys
 import threading
 
@@ -24,11 +25,12 @@ from conftest import EXAMPLES, ROOT
 
 import convdsl
 import convdsl.api
+from convdsl.backend import clib
 from convdsl.tools.cli import main
 from convdsl.tools.export_torch import to_torch
 
-CC = shutil.which("cc") or shutil.which("gcc")
-pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc or gcc) to link the library with")
+# the compiler the library links with (no skip: without one the feature cannot work, and CI has gcc)
+CC = clib.c_compiler()
 
 LENET = EXAMPLES / "lenet.conv"
 ANYSIZE = EXAMPLES / "anysize.conv"
@@ -160,7 +162,7 @@ def test_header_compiles_and_names_the_return_codes(built):
         src.write_text(f'#include "{name}.h"\n#include "{name}.h"\n'  # (twice: the include guard)
                        f"int use(const float *x, float *y, void *w) {{\n"
                        f"    return {name}_workspace_size(1) > 0 ? {name}_run(x, y, 1, w) : {up}_ERR_BATCH;\n}}\n")
-        r = subprocess.run([CC, *CFLAGS, "-I", str(d), "-c", str(src), "-o", str(d / f"use_{name}.o")],
+        r = subprocess.run([*CC, *CFLAGS, "-I", str(d), "-c", str(src), "-o", str(d / f"use_{name}.o")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
 
@@ -320,7 +322,7 @@ def _digits(d) -> str:
 
 
 def _build_classify(d, include: str, link: list[str], exe: str) -> str:
-    r = subprocess.run([CC, *CFLAGS, "-O2", "-I", include, str(ROOT / "examples" / "c" / "classify.c"), *link,
+    r = subprocess.run([*CC, *CFLAGS, "-O2", "-I", include, str(ROOT / "examples" / "c" / "classify.c"), *link,
                         "-o", exe], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return exe
@@ -419,7 +421,7 @@ def test_random_networks_statically_linked(tmp_path, k):
     p = f"rand{k}"
     (tmp_path / "harness.c").write_text(HARNESS.format(p=p, P=p.upper()))
     exe = str(tmp_path / "harness")
-    r = subprocess.run([CC, *CFLAGS, "-O1", "-I", str(tmp_path), str(tmp_path / "harness.c"), info.object, "-lm",
+    r = subprocess.run([*CC, *CFLAGS, "-O1", "-I", str(tmp_path), str(tmp_path / "harness.c"), info.object, "-lm",
                         "-o", exe], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     net = convdsl.compile(src, None, seed=0)
@@ -433,3 +435,54 @@ def test_random_networks_statically_linked(tmp_path, k):
         with torch.inference_mode():
             expect = to_torch(net.model.bind(sizes), net.weights(sizes))(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(y, expect, rtol=RTOL, atol=ATOL, err_msg=text)
+
+
+def test_a_destination_that_cannot_be_written_leaves_the_others_alone(tmp_path):
+    """A directory where OUT.so goes is refused before anything is built: OUT.o and OUT.h are
+    neither written nor changed (the renames never start), and the message names the destination."""
+    (tmp_path / "x.so").mkdir()
+    (tmp_path / "x.h").write_text("old")
+    with pytest.raises(convdsl.api.LibraryError, match=r"cannot write .*x\.so: it is a directory"):
+        convdsl.compile_library(LENET, tmp_path / "x")
+    assert sorted(os.listdir(tmp_path)) == ["x.h", "x.so"] and (tmp_path / "x.h").read_text() == "old"
+    with pytest.raises(convdsl.api.LibraryError, match="names a directory"):
+        convdsl.compile_library(LENET, str(tmp_path) + os.sep)
+
+
+def test_header_comment_survives_any_weights_path(tmp_path):
+    """The weights' origin goes into the header's comment by base name, with ``*/`` defused: a
+    weights folder named ``w*`` once closed the comment and broke every C file including it."""
+    odd = tmp_path / "w*"
+    odd.mkdir()
+    shutil.copy(EXAMPLES / "lenet.npz", odd / "we*ights.npz")
+    lib = convdsl.compile_library(LENET, tmp_path / "lenet", str(odd / "we*ights.npz"))
+    text = Path(lib.header).read_text()
+    assert str(tmp_path) not in text and text.count("*/") == text.count("/*")
+    src = tmp_path / "use.c"
+    src.write_text('#include "lenet.h"\nint main(void) { return LENET_OUT_SIZE == 10 ? 0 : 1; }\n')
+    r = subprocess.run([*CC, *CFLAGS, "-I", str(tmp_path), str(src), "-o", str(tmp_path / "use")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_cc_with_arguments(tmp_path, monkeypatch):
+    """``CC="gcc -m64"`` (or ``ccache gcc``): the first word is the compiler, the rest its options."""
+    monkeypatch.setenv("CC", f"{CC[0]} -m64")
+    assert clib.c_compiler() == [CC[0], "-m64"]
+    lib = convdsl.compile_library(LENET, tmp_path / "lenet")
+    assert Path(lib.shared).stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv", [["compile", str(LENET), "--emit", "lib", "--seed", "-1"],
+                                  ["run", str(LENET), "--seed", "-3"],
+                                  ["bench", str(LENET), "--seed", "x"]])
+def test_bad_seeds_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_cpu_applies_to_loops_final(capsys):
+    """--cpu changes every back-end stage, the loop IR after the passes too."""
+    assert main(["compile", str(LENET), "--emit", "loops-final", "--cpu", "skylake-avx512"]) == 0
+    assert "vector width 16" in capsys.readouterr().out.splitlines()[0]

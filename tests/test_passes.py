@@ -185,6 +185,11 @@ def test_bounds_checker_sees_through_a_named_index():
     bad = _program((L.Store("output", L.IVar("%1"), L.Load("input", at)),))
     with pytest.raises(BoundsError):
         verify(bad)
+    # only the name carries the bad value: the store's index is the name alone, bound inside a
+    # value that is itself in bounds, so a checker that ignored what %1 means would pass it
+    hidden = _program((L.Store("output", L.IVar("%1"), L.ToFloat(L.ILet("%1", _at(N)))),))
+    with pytest.raises(BoundsError):
+        verify(hidden)
     with pytest.raises(L.VerifyError, match="unbound"):
         verify(_program((L.Store("output", L.ILet("%1", L.IConst(0)), L.Load("input", L.IVar("%1"))),)))
 

@@ -28,6 +28,7 @@ and exports its two entry points only (``nm -D``).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -239,23 +240,33 @@ class LinkError(RuntimeError):
     """No C compiler, or the compiler failed to link the object into a shared library."""
 
 
-def c_compiler() -> str:
-    """The system C compiler: ``$CC`` if set, else the first of ``cc``, ``gcc``, ``clang`` found;
+def c_compiler() -> list[str]:
+    """The system C compiler as the start of a command line: ``$CC`` if set (split as a shell
+    would: ``ccache gcc``, ``gcc -m64``), else the first of ``cc``, ``gcc``, ``clang`` found;
     :class:`LinkError` if there is none."""
     env = os.environ.get("CC", "").strip()
-    found = shutil.which(env) if env else next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
-    if found is None:
+    try:
+        words = shlex.split(env)
+    except ValueError:
+        words = [env]
+    if words:
+        found = shutil.which(words[0])
+        command = [found, *words[1:]] if found else None
+    else:
+        cc = next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+        command = [cc] if cc else None
+    if command is None:
         where = f"$CC ({env!r})" if env else "cc, gcc or clang"
         raise LinkError(f"no C compiler found to link the shared library (looked for {where}): install one "
                         "(apt-get install gcc) or set CC to one")
-    return found
+    return command
 
 
 def link_shared(obj: str, so: str) -> None:
     """``cc -shared OBJ -o SO -lm -lpthread``: the shared library of an object."""
     cc = c_compiler()
     try:
-        r = subprocess.run([cc, "-shared", obj, "-o", so, "-lm", "-lpthread"], capture_output=True, text=True,
+        r = subprocess.run([*cc, "-shared", obj, "-o", so, "-lm", "-lpthread"], capture_output=True, text=True,
                            timeout=300)
     except (OSError, subprocess.SubprocessError) as e:
         raise LinkError(f"{cc} could not link the shared library: {e}") from None

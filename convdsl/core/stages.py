@@ -11,4 +11,4 @@ from __future__ import annotations
 TEXT = ("ast", "model", "plan", "loops", "loops-final", "llvm", "asm")
 STAGES = TEXT + ("obj",)
 LIB = "lib"  # not a stage: ``compile --emit lib`` writes a C library (:func:`convdsl.api.compile_library`)
-BACKEND = ("plan", "loops", "llvm", "asm", "obj", LIB)  # what ``--cpu`` changes (the schedule follows the CPU)
+BACKEND = ("plan", "loops", "loops-final", "llvm", "asm", "obj", LIB)  # what ``--cpu`` changes (the schedule follows the CPU)

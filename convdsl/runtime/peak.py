@@ -2,8 +2,8 @@
 
 Each thread calls the kernel through ctypes, which releases the GIL, so ``threads`` Python threads
 run it concurrently on as many cores.  The figure for ``threads`` is the flops of all of them over
-the wall time from their common start (a barrier) to the last one's end: a thread that started
-late or was descheduled lowers it, never raises it.  The best of ``repeat`` runs is kept: the
+the wall time from the first thread's start (after a barrier) to the last one's end, each thread
+reading the clock itself: a thread that started late or was descheduled lowers it, never raises it.  The best of ``repeat`` runs is kept: the
 peak is what the machine *can* do, and other processes only ever take from it.
 """
 
@@ -21,23 +21,26 @@ A, B = 0.999, 0.001
 
 
 def _run(kernel: FmaKernel, iterations: int, threads: int) -> float:
-    """Seconds for ``threads`` concurrent calls of ``iterations`` each, from their common start."""
+    """Seconds for ``threads`` concurrent calls of ``iterations`` each, from the first one's start
+    to the last one's end, as each thread reads the clock itself (the main thread may wake after a
+    worker has already started: timing from its clock would miss that worker's first moments)."""
     fn = _KERNEL(kernel.address)
     outs = [(ctypes.c_float * kernel.out_floats)() for _ in range(threads)]
-    start = threading.Barrier(threads + 1)
+    start = threading.Barrier(threads)
+    spans: list[tuple[float, float]] = []
 
     def work(out: ctypes.Array) -> None:
         start.wait()
+        t0 = time.perf_counter()
         fn(iterations, A, B, ctypes.addressof(out))
+        spans.append((t0, time.perf_counter()))  # (list.append is atomic under the GIL)
 
     team = [threading.Thread(target=work, args=(out,), daemon=True) for out in outs]
     for t in team:
         t.start()
-    start.wait()
-    t0 = time.perf_counter()
     for t in team:
         t.join()
-    seconds = time.perf_counter() - t0
+    seconds = max(e for _, e in spans) - min(b for b, _ in spans)
     # the chain falls from its start (1 + k/64) towards 1: anything else is a kernel that did not run
     if not all(0.99 < v < 1.25 for out in outs for v in out):
         raise RuntimeError("the FMA peak kernel computed a wrong value")
@@ -47,8 +50,8 @@ def _run(kernel: FmaKernel, iterations: int, threads: int) -> float:
 def fma_peak(width: int, threads: int = 1, seconds: float = 0.1, repeat: int = 3) -> float:
     """GFLOP/s of ``width``-lane FMAs on ``threads`` threads: the best of ``repeat`` runs of about
     ``seconds`` each (the iteration count is calibrated on one thread first)."""
-    if threads < 1 or repeat < 1 or not seconds > 0:
-        raise ValueError("threads and repeat must be at least 1 and seconds positive")
+    if threads < 1 or repeat < 1 or not 0 < seconds < 3600:  # (inf would calibrate forever)
+        raise ValueError("threads and repeat must be at least 1 and seconds in (0, 3600)")
     kernel = fma_kernel(width)
     iterations = 1000
     while True:  # calibrate: grow until one call takes a tenth of the wanted time, then scale

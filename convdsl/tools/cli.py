@@ -32,6 +32,7 @@ from .common import (
     load_program,
     parse_sizes,
     pick_model,
+    seed_arg,
     threads_option,
     weights_option,
 )
@@ -309,7 +310,9 @@ def _compile_lib(args: argparse.Namespace, program, model) -> int:
     except convdsl.api.TargetError as e:
         raise UsageError(f"--cpu: {e}") from None
     _time_passes(args, program, model.name, sizes)
-    if lib.random_weights:  # (a library is shipped: say so louder than in the summary line)
+    # (a library is shipped: say so louder than in the summary line; a model without parameters
+    # has no weights to be random)
+    if lib.random_weights and model.params != 0:
         stem = os.path.splitext(os.path.basename(convdsl.api.weights_beside(program)))[0]
         beside = " or ".join(stem + e for e in convdsl.api.BESIDE_EXTENSIONS)
         print(f"note: no weights given and no {beside} beside the program: the library holds "
@@ -445,7 +448,7 @@ def _add_interop_parsers(sub) -> None:
     e.add_argument("--model", metavar="NAME", help="which model (default: the only or last one)")
     e.add_argument("--size", metavar="H=..,W=..", help="fix symbolic sizes (default: they stay symbolic where "
                    "ONNX can express that)")
-    e.add_argument("--seed", type=int, default=0, metavar="S", help="seed for random weights")
+    e.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="seed for random weights")
     e.set_defaults(func=cmd_export)
 
 
@@ -471,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=int, metavar="B", help="size of a random batch (default 1); with the "
                    "bundled digits, how many of them (default: all 359)")
     r.add_argument("--output", metavar="Y.npy", help="save the output array")
-    r.add_argument("--seed", type=int, default=0, metavar="S", help="seed for random weights and inputs")
+    r.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="seed for random weights and inputs")
     r.add_argument("--threads", type=int, metavar="T", help="worker threads (default: all cores)")
     r.add_argument("--size", metavar="H=..,W=..", help="symbolic sizes for a random batch (default: the "
                    "smallest valid ones)")
@@ -495,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "...; default: the host): its features and vector width")
     k.add_argument("--weights", metavar="W.npz", help="for lib: the weights to pack into the library (default: "
                    "FILE.npz or FILE.safetensors beside the program, else seeded random weights)")
-    k.add_argument("--seed", type=int, default=0, metavar="S", help="for lib: seed for random weights")
+    k.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="for lib: seed for random weights")
     k.add_argument("--no-cache", action="store_true", help="do not read or write the compile cache")
     k.add_argument("--time-passes", action="store_true", help="print how long each stage of the pipeline takes "
                    "(to stderr), as LLVM's -time-passes")

@@ -133,3 +133,17 @@ def threads_option(threads: int, option: str = "--threads") -> int:
               "CONVDSL_MAX_THREADS raises the cap)", file=sys.stderr)
         return cap
     return threads
+
+
+def seed_arg(text: str) -> int:
+    """``--seed S``: a non-negative integer (what numpy's seeded generator takes), so a bad seed is
+    a usage error here rather than numpy's traceback later."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {value}")
+    return value

@@ -43,6 +43,7 @@ from ..common import (
     load_program,
     parse_sizes,
     pick_model,
+    seed_arg,
     threads_option,
     weights_option,
 )
@@ -153,8 +154,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         wait_idle=args.wait_idle)
     if opts.repeat is not None and opts.repeat < 1:
         raise UsageError("--repeat must be at least 1")
-    if not opts.seconds > 0:
-        raise UsageError("--seconds must be positive")
+    if not 0 < opts.seconds < 3600:  # (nan and inf too: inf would time forever)
+        raise UsageError("--seconds must be a positive number of seconds below 3600")
     if opts.peak_size is not None and opts.peak_size < 16:
         raise UsageError("--peak-size must be at least 16")
     sizes = parse_sizes(args.size)
@@ -444,7 +445,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--weights", metavar="W.npz", help="weights (default: FILE.npz beside the program, else "
                    "seeded random weights)")
     b.add_argument("--size", metavar="H=..,W=..", help="symbolic sizes (default: the smallest valid ones)")
-    b.add_argument("--seed", type=int, default=0, metavar="S", help="seed for random weights and input")
+    b.add_argument("--seed", type=seed_arg, default=0, metavar="S", help="seed for random weights and input")
     b.add_argument("--peak-size", type=int, metavar="N", help="sgemm size for the peak (default 4096, or 2048 "
                    "where 4096 would be slow)")
     b.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
