@@ -30,7 +30,7 @@ from functools import lru_cache
 from llvmlite import ir
 
 from .codegen import _FnAttrs
-from .jit import JitModule, target_machine
+from .jit import JitModule, _optimised, target_machine
 
 FUNCTION = "convdsl_fma_peak"
 ACCUMULATORS = 12
@@ -135,14 +135,7 @@ def fma_asm(width: int, cpu: str, features: str = "", accumulators: int = ACCUMU
             unroll: int = UNROLL) -> str:
     """The kernel's assembly for another CPU (``skylake-avx512``, ``znver3``; ``features`` as
     ``+avx512f,...``): how the other width's code is shown without running it."""
-    import llvmlite.binding as llvm
-
     tm = target_machine(cpu, features)
-    mod = fma_module(width, accumulators, unroll)
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    parsed = llvm.parse_assembly(str(mod))
-    parsed.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(parsed, pb)
+    # the JIT's own optimisation pipeline, so the assembly shown is the code that is measured
+    parsed, _pb = _optimised(fma_module(width, accumulators, unroll), tm, 3)
     return tm.emit_assembly(parsed)
