@@ -10,6 +10,7 @@ peak is what the machine *can* do, and other processes only ever take from it.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 
@@ -28,14 +29,23 @@ def _run(kernel: FmaKernel, iterations: int, threads: int) -> float:
     outs = [(ctypes.c_float * kernel.out_floats)() for _ in range(threads)]
     start = threading.Barrier(threads)
     spans: list[tuple[float, float]] = []
+    # each thread on a core of its own where the OS lets us say so: left to the scheduler, two
+    # threads that start together were seen sharing one core for a whole short run (a 2-thread
+    # figure equal to the 1-thread one), which a best-of-few does not always escape
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
-    def work(out: ctypes.Array) -> None:
+    def work(i: int, out: ctypes.Array) -> None:
+        if threads > 1 and len(cpus) >= threads:
+            try:
+                os.sched_setaffinity(0, {cpus[i]})  # (pid 0: this thread only, on Linux)
+            except OSError:
+                pass
         start.wait()
         t0 = time.perf_counter()
         fn(iterations, A, B, ctypes.addressof(out))
         spans.append((t0, time.perf_counter()))  # (list.append is atomic under the GIL)
 
-    team = [threading.Thread(target=work, args=(out,), daemon=True) for out in outs]
+    team = [threading.Thread(target=work, args=(i, out), daemon=True) for i, out in enumerate(outs)]
     for t in team:
         t.start()
     for t in team:

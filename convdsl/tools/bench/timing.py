@@ -214,7 +214,7 @@ def measure_peak(threads_list: Sequence[int], size: int | None = None, repeat: i
 
 
 
-def measure_fma_peak(threads_list: Sequence[int], repeat: int = 3) -> dict:
+def measure_fma_peak(threads_list: Sequence[int], repeat: int = 5) -> dict:
     """The physical peak per thread count: convdsl's FMA-throughput kernel at the host's vector
     width (:func:`convdsl.api.fma_peak`), the best of ``repeat`` runs."""
     from ...api import fma_peak
