@@ -662,12 +662,13 @@ def compile_library(program: Program | str | os.PathLike, out: str | os.PathLike
     folder = os.path.dirname(os.path.abspath(so))
     if not os.path.isdir(folder):
         raise LibraryError(f"cannot write {so}: no directory {folder}")
-    # every destination checked before anything is built, so that no rename can fail half-way
+    # every destination checked before anything is built, so that no rename can fail half-way (a
+    # rename needs the folder writable, not the file it replaces)
+    if not os.access(folder, os.W_OK):
+        raise LibraryError(f"cannot write in {folder}: permission denied")
     for dst in (so, obj, hdr):
         if os.path.isdir(dst):
             raise LibraryError(f"cannot write {dst}: it is a directory")
-        if os.path.exists(dst) and not os.access(dst, os.W_OK) and not os.access(folder, os.W_OK):
-            raise LibraryError(f"cannot write {dst}: permission denied")
     try:
         clib.c_compiler()  # (before the compile, which would be thrown away without one)
     except clib.LinkError as e:
