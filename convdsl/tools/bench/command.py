@@ -221,7 +221,7 @@ def run_bench(net, env: Mapping[str, int], weights: Mapping[str, Any], opts: Opt
     say("measuring the FMA peak")
     # 1 and 2 threads always (CLI.md's {"1": g1, "2": g2}, the figures quoted across hosts),
     # with the counts being timed: each table row is read against the peak at its own count
-    fma = measure_fma_peak(sorted({1, min(2, max_threads()), *opts.threads}), repeat=5)
+    fma = measure_fma_peak(sorted({1, min(2, max_threads()), *opts.threads}))
     say("measuring the sgemm peak")
     peak = measure_peak(opts.threads, opts.peak_size, repeat=3)
 
@@ -261,7 +261,7 @@ def run_bench(net, env: Mapping[str, int], weights: Mapping[str, Any], opts: Opt
         "input": f"seeded random uniform [0, 1) (seed {opts.seed}), shape [B, {', '.join(map(str, shape[1:]))}]",
         "fma_peak_gflops": fma["gflops"],
         "fma_peak": {"what": f"{fma['accumulators']} independent <{fma['width']} x float> llvm.fma chains per "
-                             "thread, compiled by convdsl for the host, best of 5", "width": fma["width"],
+                             f"thread, compiled by convdsl for the host, best of {fma['repeat']}", "width": fma["width"],
                      "accumulators": fma["accumulators"]},
         "peak_gflops": peak["gflops"],
         "peak": {"what": "numpy float32 matmul n x n, 2 n^3 / median time", "n": peak["n"],

@@ -219,7 +219,7 @@ def measure_fma_peak(threads_list: Sequence[int], repeat: int = 5) -> dict:
     width (:func:`convdsl.api.fma_peak`), the best of ``repeat`` runs."""
     from ...api import fma_peak
 
-    out: dict[str, Any] = {"gflops": {}}
+    out: dict[str, Any] = {"gflops": {}, "repeat": repeat}
     for t in threads_list:
         settle()
         p = fma_peak(t, repeat=repeat)
